@@ -1,0 +1,1 @@
+"""Scores on the frozen eval suite: classification metrics, calibration, linear probes and plots."""

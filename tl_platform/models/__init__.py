@@ -1,0 +1,1 @@
+"""Pretrained encoders: where they come from, what they are, and sentence embeddings from them."""
