@@ -7,6 +7,7 @@ Layout of a bundle directory::
     tokenizer/           the exact tokenizer artefacts of training
     label_schema.json    task bundles only
     eval_set.jsonl       the frozen eval split the bundle was scored on (task bundles)
+    eval_suite/          the frozen held-out splits and label schema (foundation bundles)
     adapter/             LoRA adapter weights and config, when the task model was trained with LoRA
     reports/             metrics and pictures (optional)
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,14 @@ BUNDLE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
-    "foundation": ("model/config.json", "model/model.safetensors", "tokenizer/tokenizer_config.json"),
+    "foundation": (
+        "model/config.json",
+        "model/model.safetensors",
+        "tokenizer/tokenizer_config.json",
+        "eval_suite/validation.jsonl",
+        "eval_suite/test.jsonl",
+        "eval_suite/label_schema.json",
+    ),
     "domain_adapted": ("model/config.json", "model/model.safetensors", "tokenizer/tokenizer_config.json"),
     "task": (
         "model/config.json",
@@ -72,7 +81,7 @@ def write_bundle(
     provenance: Provenance,
     label_schema: LabelSchema | None = None,
     extra_files: dict[str, bytes] | None = None,
-    adapter_model: Any | None = None,
+    adapter_dir: Path | None = None,
 ) -> BundleManifest:
     """Save a model with everything needed to reload and repeat it, then seal it with a manifest."""
     if provenance.stage not in REQUIRED_FILES:
@@ -82,8 +91,8 @@ def write_bundle(
         raise BundleError(f"{directory}: refusing to write a bundle into a non-empty directory")
     model.save_pretrained(directory / "model")
     tokenizer.save_pretrained(directory / "tokenizer")
-    if adapter_model is not None:
-        adapter_model.save_pretrained(directory / "adapter")
+    if adapter_dir is not None:
+        shutil.copytree(adapter_dir, directory / "adapter")
     if label_schema is not None:
         (directory / "label_schema.json").write_text(json.dumps(label_schema.to_json(), indent=2))
     for relative, content in (extra_files or {}).items():

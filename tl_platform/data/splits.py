@@ -45,7 +45,7 @@ class DatasetSplits:
         return {name: split.content_hash() for name, split in self.by_name().items()}
 
     def write_jsonl(self, directory: Path) -> dict[str, Path]:
-        """Write each split as JSONL (text, raw label) and the label schema beside them."""
+        """Write each split as JSONL (text, raw label), the label schema, and the seed and hashes beside them."""
         directory.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Path] = {}
         for name, split in self.by_name().items():
@@ -53,13 +53,18 @@ class DatasetSplits:
             write_jsonl(split, path)
             paths[name] = path
         (directory / "label_schema.json").write_text(json.dumps(self.train.schema.to_json(), indent=2))
+        (directory / "splits.json").write_text(json.dumps({"seed": self.seed, "hashes": self.hashes()}, indent=2))
         return paths
 
 
+def jsonl_bytes(dataset: LabelledDataset) -> bytes:
+    """One JSON object (text, raw label) per line, UTF-8, newline-terminated."""
+    lines = (json.dumps(record, ensure_ascii=False) + "\n" for record in dataset.to_records())
+    return "".join(lines).encode("utf-8")
+
+
 def write_jsonl(dataset: LabelledDataset, path: Path) -> None:
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for record in dataset.to_records():
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    path.write_bytes(jsonl_bytes(dataset))
 
 
 def read_split_jsonl(path: Path, schema: LabelSchema) -> LabelledDataset:
@@ -105,3 +110,18 @@ def stratified_split(dataset: LabelledDataset, fractions: SplitFractions, seed: 
         parts["train"].extend(members[n_test + n_val :].tolist())
     subsets = {name: dataset.subset(sorted(indices)) for name, indices in parts.items()}
     return DatasetSplits(subsets["train"], subsets["validation"], subsets["test"], seed=seed)
+
+
+def read_splits(directory: Path) -> DatasetSplits:
+    """Read back the splits written by ``DatasetSplits.write_jsonl``; refuse them if a hash no longer matches."""
+    for required in ("label_schema.json", "splits.json"):
+        if not (directory / required).is_file():
+            raise FileNotFoundError(f"{directory} holds no {required}; it is not a directory of written splits")
+    schema = LabelSchema.from_json(json.loads((directory / "label_schema.json").read_text()))
+    recorded = json.loads((directory / "splits.json").read_text())
+    parts = {name: read_split_jsonl(directory / f"{name}.jsonl", schema) for name in SPLIT_NAMES}
+    splits = DatasetSplits(parts["train"], parts["validation"], parts["test"], seed=int(recorded["seed"]))
+    changed = sorted(name for name, digest in splits.hashes().items() if recorded["hashes"][name] != digest)
+    if changed:
+        raise ValueError(f"{directory}: split(s) {changed} changed since they were written (content hash mismatch)")
+    return splits

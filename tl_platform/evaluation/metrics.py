@@ -67,7 +67,12 @@ def classification_report(
     probabilities: np.ndarray, labels: Sequence[int] | np.ndarray, class_names: Sequence[str]
 ) -> ClassificationReport:
     """Score an (n, k) array of class probabilities against n true class indices."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
 
     probs = np.asarray(probabilities, dtype=float)
     truth = np.asarray(labels, dtype=int)

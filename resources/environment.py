@@ -1,0 +1,52 @@
+"""The one place that picks the environment: TLP_ENV=local (the embedded default) or TLP_ENV=production."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from resources.artifact_store import ArtifactStore
+from resources.mlflow_tracking import MlflowTracking
+
+ENVIRONMENTS = ("local", "production")
+
+
+def tlp_home() -> Path:
+    """Local state (MLflow store, artifacts, Dagster instance): TLP_HOME, or .tlp in the working directory."""
+    return Path(os.environ.get("TLP_HOME", ".tlp")).resolve()
+
+
+def local_resources(home: Path) -> dict[str, dg.ConfigurableResource]:
+    """SQLite-backed MLflow and a local artifact tree, all under ``home``; a tracking URI in the environment wins."""
+    home.mkdir(parents=True, exist_ok=True)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    return {
+        "artifact_store": ArtifactStore(root=str(home / "artifacts")),
+        "mlflow": MlflowTracking(
+            tracking_uri=tracking_uri,
+            artifact_location=(home / "mlartifacts").as_uri(),
+            ui_base_url=os.environ.get("TLP_MLFLOW_UI", "http://127.0.0.1:5000"),
+        ),
+    }
+
+
+def production_resources() -> dict[str, dg.ConfigurableResource]:
+    """Services named by environment variables (see docker-compose.yml); a missing one fails at load time."""
+    return {
+        "artifact_store": ArtifactStore(root=dg.EnvVar("TLP_ARTIFACT_ROOT")),
+        "mlflow": MlflowTracking(
+            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+            ui_base_url=dg.EnvVar("TLP_MLFLOW_UI"),
+        ),
+    }
+
+
+def resources_for_environment(name: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    env = name or os.environ.get("TLP_ENV", "local")
+    if env == "local":
+        return local_resources(tlp_home())
+    if env == "production":
+        return production_resources()
+    raise ValueError(f"TLP_ENV={env!r} is not an environment; use one of {ENVIRONMENTS}")

@@ -1,0 +1,144 @@
+"""The one module that imports MLflow: runs, metrics, artifacts, dataset inputs and registered versions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tl_platform.data.schema import LabelledDataset
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    source: str
+
+
+class MlflowRunTracker:
+    """One active MLflow run; implements ``RunTracker`` plus the artifact and registry calls assets need."""
+
+    def __init__(self, client: MlflowClient, run_id: str, ui_url: str | None) -> None:
+        self._client = client
+        self.run_id = run_id
+        self.ui_url = ui_url
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        for key, value in params.items():
+            mlflow.log_param(key, str(value)[:MAX_PARAM_LENGTH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        if finite:
+            mlflow.log_metrics(finite, step=step)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(dict(tags))
+
+    def log_artifacts(self, directory: Path, artifact_path: str) -> None:
+        mlflow.log_artifacts(str(directory), artifact_path=artifact_path)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dataset(self, dataset: LabelledDataset, name: str, context: str, digest: str) -> None:
+        """Record a split as a run input, with its content hash as the digest MLflow shows."""
+        import pandas as pd
+
+        frame = pd.DataFrame(dataset.to_records())
+        mlflow_dataset = mlflow.data.from_pandas(
+            frame, source=dataset.source, name=name, targets="label", digest=digest[:36]
+        )
+        mlflow.log_input(mlflow_dataset, context=context)
+
+    def log_bundle(self, directory: Path, artifact_path: str, model_name: str, tags: Mapping[str, str]) -> RegisteredVersion:
+        """Log a sealed bundle directory as run artifacts and register it as a new model version."""
+        self.log_artifacts(directory, artifact_path)
+        return self.register_artifact_dir(artifact_path, model_name, tags)
+
+    def register_artifact_dir(self, artifact_path: str, name: str, tags: Mapping[str, str]) -> RegisteredVersion:
+        """Register a logged bundle directory as a new version of the model ``name``."""
+        try:
+            self._client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            self._client.create_registered_model(name)
+        source = f"runs:/{self.run_id}/{artifact_path}"
+        version = self._client.create_model_version(
+            name=name, source=source, run_id=self.run_id, tags=dict(tags), run_link=self.ui_url
+        )
+        return RegisteredVersion(name=name, version=str(version.version), source=source)
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where runs go. ``artifact_location`` applies when the experiment is first created."""
+
+    tracking_uri: str
+    experiment_name: str
+    artifact_location: str | None = None
+    ui_base_url: str | None = None
+
+
+@contextmanager
+def start_tracked_run(
+    settings: MlflowSettings, run_name: str, tags: Mapping[str, str]
+) -> Iterator[MlflowRunTracker]:
+    """Open one MLflow run; it ends FINISHED on success and FAILED when the body raises."""
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(settings.experiment_name, artifact_location=settings.artifact_location)
+    )
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
+        url = None
+        if settings.ui_base_url:
+            url = f"{settings.ui_base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+        yield MlflowRunTracker(client, run.info.run_id, url)
+
+
+def search_runs(settings: MlflowSettings, filter_string: str = "") -> list[dict[str, object]]:
+    """Runs of the experiment as plain dicts (id, name, status, params, metrics, tags), newest first."""
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string=filter_string, order_by=["start_time DESC"])
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "end_time": r.info.end_time,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]
+
+
+def metric_history(settings: MlflowSettings, run_id: str, key: str) -> list[tuple[int, float]]:
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def registered_versions(settings: MlflowSettings, name: str) -> list[RegisteredVersion]:
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    return [
+        RegisteredVersion(name=v.name, version=str(v.version), source=v.source)
+        for v in client.search_model_versions(f"name='{name}'")
+    ]

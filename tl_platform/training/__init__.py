@@ -1,0 +1,1 @@
+"""Training stages: domain-adaptive MLM pretraining and task fine-tuning, on Transformers' Trainer."""
