@@ -48,7 +48,7 @@ class TaskModelConfig(dg.Config):
     min_test_accuracy: float = Field(default=0.85, description="the check fails below this accuracy on the test split")
 
     def to_library(self) -> FineTuneConfig:
-        return FineTuneConfig(**self.model_dump(exclude={"min_test_accuracy"}))  # type: ignore[arg-type]
+        return FineTuneConfig(**self.model_dump(exclude={"min_test_accuracy"}))
 
 
 @dg.asset(

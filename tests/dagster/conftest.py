@@ -2,13 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from resources import ArtifactStore, MlflowTracking
 
 
-@pytest.fixture()
-def stage_resources(tmp_path: Path) -> dict[str, object]:
+def make_stage_resources(tmp_path: Path) -> dict[str, object]:
     """A temporary artifact tree and a temporary SQLite MLflow store, as the embedded default uses."""
     return {
         "artifact_store": ArtifactStore(root=str(tmp_path / "artifacts")),

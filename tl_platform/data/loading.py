@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def load_labelled_text(source: DatasetSource) -> LabelledDataset:
     allowed = list(source.schema.labels)
     for row in rows:
         text = row.text
-        if text is None or (isinstance(text, float) and text != text):
+        if text is None or (isinstance(text, float) and math.isnan(text)):
             problems.append(f"{row.location}: column {source.text_column!r} is missing or null")
             continue
         if not isinstance(text, str):
@@ -93,7 +94,7 @@ def load_labelled_text(source: DatasetSource) -> LabelledDataset:
 
 
 def _label_str(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, bool):
         return str(value).lower()
@@ -111,8 +112,10 @@ def _decode(path: Path) -> str:
         line = raw[: err.start].count(b"\n") + 1
         raise DataValidationError(
             path,
-            [f"line {line}: bytes {raw[err.start:err.end]!r} at offset {err.start} are not valid UTF-8 "
-             "(save the file as UTF-8)"],
+            [
+                (f"line {line}: bytes {raw[err.start:err.end]!r} at offset {err.start} are not valid UTF-8 "
+                "(save the file as UTF-8)")
+            ],
         ) from err
 
 
@@ -145,8 +148,12 @@ def _read_jsonl(source: DatasetSource, path: Path, text: str) -> Iterator[_RawRo
 
 def _read_delimited(source: DatasetSource, path: Path, text: str, delimiter: str) -> Iterator[_RawRow]:
     # newline="" keeps csv's own line handling, which breaks on \r and \n only, never on U+0085.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    # TSV is taken as-is (the bundled data has unbalanced quotes inside sentences); CSV follows RFC 4180 quoting.
+    stream = io.StringIO(text, newline="")
+    if delimiter == "\t":
+        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_NONE, strict=True)
+    else:
+        reader = csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, strict=True)
     try:
         if source.header:
             columns = next(reader, None)

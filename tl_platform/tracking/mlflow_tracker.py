@@ -54,7 +54,7 @@ class MlflowRunTracker:
         import pandas as pd
 
         frame = pd.DataFrame(dataset.to_records())
-        mlflow_dataset = mlflow.data.from_pandas(
+        mlflow_dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
             frame, source=dataset.source, name=name, targets="label", digest=digest[:36]
         )
         mlflow.log_input(mlflow_dataset, context=context)
@@ -139,6 +139,6 @@ def metric_history(settings: MlflowSettings, run_id: str, key: str) -> list[tupl
 def registered_versions(settings: MlflowSettings, name: str) -> list[RegisteredVersion]:
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     return [
-        RegisteredVersion(name=v.name, version=str(v.version), source=v.source)
+        RegisteredVersion(name=v.name, version=str(v.version), source=str(v.source))
         for v in client.search_model_versions(f"name='{name}'")
     ]

@@ -77,8 +77,11 @@ class FineTuneResult:
         }
 
 
-def build_classifier(model_dir: Path | str, schema: LabelSchema, config: FineTuneConfig) -> torch.nn.Module:
-    """A sequence classifier on the given encoder, wrapped in LoRA adapters when the method asks for it."""
+def build_classifier(model_dir: Path | str, schema: LabelSchema, config: FineTuneConfig) -> Any:
+    """A sequence classifier on the given encoder, wrapped in LoRA adapters when the method asks for it.
+
+    Returns a ``PreTrainedModel`` for full fine-tuning and a ``PeftModel`` wrapping one for LoRA.
+    """
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -180,7 +183,7 @@ def fine_tune_classifier(
     param_groups, group_summaries = layerwise_parameter_groups(
         model, num_layers, config.base_learning_rate, config.layer_lr_decay, config.weight_decay
     )
-    optimizer = torch.optim.AdamW(param_groups, lr=config.base_learning_rate)  # type: ignore[arg-type]
+    optimizer = torch.optim.AdamW(param_groups, lr=config.base_learning_rate)
 
     datasets = {
         name: TokenizedTexts(tokenizer, split.texts, config.max_length, split.labels)
@@ -207,15 +210,15 @@ def fine_tune_classifier(
     validation_report = _score(trainer, datasets["validation"], schema)
     test_report = _score(trainer, datasets["test"], schema)
 
-    trained = trainer.model
+    trained: Any = trainer.model
     adapter_dir: Path | None = None
     if config.method == "lora":
         adapter_dir = work_dir / "adapter"
-        trained.save_pretrained(adapter_dir)  # type: ignore[union-attr]
-        trained = trained.merge_and_unload()  # type: ignore[union-attr, operator]
-    trainable = sum(p.numel() for g in param_groups for p in g["params"])  # type: ignore[attr-defined]
+        trained.save_pretrained(adapter_dir)
+        trained = trained.merge_and_unload()
+    trainable = sum(group.parameters for group in group_summaries)
     return FineTuneResult(
-        model=trained,  # type: ignore[arg-type]
+        model=trained,
         adapter_dir=adapter_dir,
         test_report=test_report,
         validation_report=validation_report,
@@ -231,7 +234,7 @@ def fine_tune_classifier(
 
 
 def predict_probabilities(trainer: Trainer, dataset: TokenizedTexts) -> np.ndarray:
-    logits = trainer.predict(dataset).predictions  # type: ignore[arg-type]
+    logits = trainer.predict(dataset).predictions
     if isinstance(logits, tuple):
         logits = logits[0]
     return softmax(np.asarray(logits, dtype=np.float64))

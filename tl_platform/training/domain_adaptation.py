@@ -70,7 +70,12 @@ class FixedMaskedBatches:
 
         if not texts:
             raise ValueError("held-out perplexity needs at least one text")
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mlm_probability, seed=config.seed)
+        import torch
+
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mlm_probability)
+        # The collator's own ``seed`` refuses to run outside the main process (Dagster runs steps in child
+        # processes), so its masking is given a seeded generator directly.
+        collator.generator = torch.Generator().manual_seed(config.seed)
         dataset = TokenizedTexts(tokenizer, texts, config.max_length)
         self.batches: list[dict[str, torch.Tensor]] = [
             collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def layerwise_parameter_groups(
     base_learning_rate: float,
     decay: float,
     weight_decay: float,
-) -> tuple[list[dict[str, object]], list[ParameterGroupSummary]]:
+) -> tuple[list[dict[str, Any]], list[ParameterGroupSummary]]:
     """Group the trainable parameters by (depth, decays?) with learning rate base * decay ** (head - depth)."""
     if num_layers < 1:
         raise ValueError(f"num_layers must be at least 1, got {num_layers}")
@@ -60,7 +60,7 @@ def layerwise_parameter_groups(
         groups.setdefault(key, []).append(parameter)
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    param_groups: list[dict[str, object]] = []
+    param_groups: list[dict[str, Any]] = []
     summaries: list[ParameterGroupSummary] = []
     for (depth, decays), params in sorted(groups.items(), reverse=True):
         rate = base_learning_rate * decay ** (head - depth)

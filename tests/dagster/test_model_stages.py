@@ -1,0 +1,152 @@
+"""The three model stages materialised on the tiny BERT with a temporary MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets import TRANSFER_ASSETS
+from tests.dagster.conftest import tiny_run_config
+from tl_platform.checkpoints import verify_bundle
+from tl_platform.tracking.mlflow_tracker import metric_history, registered_versions, search_runs
+
+
+def materialisations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, object]]:
+    return {
+        event.materialization.asset_key.to_user_string(): {k: v.value for k, v in event.materialization.metadata.items()}
+        for event in result.get_asset_materialization_events()
+    }
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dg.ExecuteInProcessResult, dict[str, object]]:
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path_factory.mktemp("stages"))
+    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=tiny_run_config(tiny_bert_dir))
+    return result, resources
+
+
+def test_all_stages_materialise_with_metadata(pipeline_run: tuple[dg.ExecuteInProcessResult, dict[str, object]]) -> None:
+    result, _ = pipeline_run
+    assert result.success
+    meta = materialisations(result)
+    assert set(meta) == {"labelled_data", "foundation_model", "domain_adapted_model", "task_model"}
+    assert meta["labelled_data"]["exact_duplicates_dropped"] == 10
+    assert meta["labelled_data"]["split_sizes"] == {"train": 693, "validation": 99, "test": 198}
+    assert meta["foundation_model"]["num_layers"] == 2
+    assert meta["foundation_model"]["eval_suite"] == {"validation": 99, "test": 198}
+    assert meta["foundation_model"]["parameter_count"] > 0
+    da = meta["domain_adapted_model"]
+    assert da["perplexity_after"] < da["perplexity_before"]  # type: ignore[operator]
+    assert da["mlm_head_was_missing"] is True
+    task = meta["task_model"]
+    assert task["method"] == "full"
+    assert 0.55 <= task["test_accuracy"] <= 1.0  # type: ignore[operator]
+    assert set(task["learning_rates_by_depth"]) == {"head", "layer 1", "layer 0", "embeddings"}  # type: ignore[arg-type]
+    assert str(task["confusion_matrix"]).startswith("![confusion matrix](data:image/png;base64,")
+    for stage in ("foundation_model", "domain_adapted_model", "task_model"):
+        assert str(meta[stage]["mlflow_run"]).startswith("http://mlflow.test/#/experiments/")
+
+
+def test_checks_pass_with_their_numbers(pipeline_run: tuple[dg.ExecuteInProcessResult, dict[str, object]]) -> None:
+    result, _ = pipeline_run
+    found = checks(result)
+    assert set(found) == {"heldout_perplexity_fell", "eval_suite_accuracy"}
+    assert found["heldout_perplexity_fell"].passed
+    assert found["eval_suite_accuracy"].passed
+    assert found["eval_suite_accuracy"].metadata["min_test_accuracy"].value == 0.55
+
+
+def test_mlflow_holds_one_tagged_run_per_stage_with_versions(
+    pipeline_run: tuple[dg.ExecuteInProcessResult, dict[str, object]],
+) -> None:
+    result, resources = pipeline_run
+    settings = resources["mlflow"].settings()  # type: ignore[attr-defined]
+    runs = {r["tags"]["dagster.asset_key"]: r for r in search_runs(settings)}  # type: ignore[index]
+    assert set(runs) == {"foundation_model", "domain_adapted_model", "task_model"}
+    for run in runs.values():
+        assert run["tags"]["dagster.run_id"] == result.run_id  # type: ignore[index]
+        assert run["status"] == "FINISHED"
+    task_run = runs["task_model"]
+    assert task_run["params"]["fine_tune.method"] == "full"  # type: ignore[index]
+    history = metric_history(settings, str(task_run["run_id"]), "eval_loss")
+    assert len(history) >= 1
+    for name in ("tlp-foundation", "tlp-domain-adapted", "tlp-task"):
+        (version,) = registered_versions(settings, name)
+        assert version.source.startswith("runs:/")
+    meta = materialisations(result)
+    manifest = verify_bundle(Path(str(meta["task_model"]["bundle"])), expected_stage="task")
+    assert manifest.provenance["parent_bundle"] == meta["domain_adapted_model"]["bundle_sha256"]
+    assert {"adapter_config.json"}.isdisjoint(Path(f).name for f in manifest.files)  # full fine-tuning: no adapter
+
+
+def test_skipped_domain_adaptation_passes_the_foundation_through(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path)
+    config = tiny_run_config(
+        tiny_bert_dir, domain_adapted_model={"enabled": False}, task_model={"method": "lora", "epochs": 1, "min_test_accuracy": 0.0}
+    )
+    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config)
+    meta = materialisations(result)
+    assert meta["domain_adapted_model"]["skipped"] is True
+    assert meta["domain_adapted_model"]["bundle_sha256"] == meta["foundation_model"]["bundle_sha256"]
+    manifest = verify_bundle(Path(str(meta["task_model"]["bundle"])), expected_stage="task")
+    assert manifest.provenance["extra"]["parent_stage"] == "foundation"
+    assert any(f.startswith("adapter/") for f in manifest.files)
+
+
+def test_a_rising_perplexity_fails_the_blocking_check_and_stops_fine_tuning(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path)
+    # a learning rate this high wrecks the encoder, so held-out perplexity rises
+    config = tiny_run_config(tiny_bert_dir, domain_adapted_model={"learning_rate": 0.5, "epochs": 1, "warmup_ratio": 0.0})
+    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config, raise_on_error=False)
+    found = checks(result)
+    assert not found["heldout_perplexity_fell"].passed
+    meta = found["heldout_perplexity_fell"].metadata
+    assert meta["perplexity_after"].value >= meta["perplexity_before"].value
+    assert "task_model" not in materialisations(result)
+    assert not result.success
+    settings = resources["mlflow"].settings()  # type: ignore[attr-defined]
+    assert registered_versions(settings, "tlp-domain-adapted") == []
+
+
+def test_an_accuracy_below_the_floor_fails_the_task_check(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path)
+    config = tiny_run_config(
+        tiny_bert_dir, domain_adapted_model={"enabled": False}, task_model={"epochs": 1, "min_test_accuracy": 0.999}
+    )
+    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config, raise_on_error=False)
+    check = checks(result)["eval_suite_accuracy"]
+    assert not check.passed
+    assert check.metadata["test_accuracy"].value < 0.999
+    settings = resources["mlflow"].settings()  # type: ignore[attr-defined]
+    assert registered_versions(settings, "tlp-task") == []
+
+
+def test_bad_config_names_the_field(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path)
+    config = tiny_run_config(tiny_bert_dir, task_model={"method": "adapter"})
+    with pytest.raises(Exception, match="FineTuneConfig.method must be 'lora' or 'full', got 'adapter'"):
+        dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config)
+
+
+def test_a_stage_without_its_upstream_says_what_to_materialise(tmp_path: Path) -> None:
+    from assets import task_model
+    from tests.dagster.conftest import make_stage_resources
+
+    with pytest.raises(Exception, match="no published output of 'domain_adapted_model'.*materialise domain_adapted_model first"):
+        dg.materialize([task_model], resources=make_stage_resources(tmp_path))

@@ -1,0 +1,215 @@
+"""`tlp`: run the main job, open the UIs, check data and bundles, list tracked runs.
+
+Orchestration commands shell out to the ``dagster`` and ``mlflow`` executables, so the library itself never
+imports Dagster. Local state lives under TLP_HOME (default ``.tlp`` in the working directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_HOME = ".tlp"
+
+
+def _home() -> Path:
+    return Path(os.environ.get("TLP_HOME", DEFAULT_HOME)).resolve()
+
+
+def _environment() -> dict[str, str]:
+    home = _home()
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        {
+            "TLP_HOME": str(home),
+            "DAGSTER_HOME": str(dagster_home),
+            "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    return env
+
+
+def _executable(name: str) -> str:
+    # Prefer the one beside this interpreter (the project's virtual environment), then PATH.
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"tlp: {name!r} is not installed in this environment (pip install -e .)")
+    return found
+
+
+def run_config_from_args(args: argparse.Namespace) -> dict[str, object]:
+    """Run config of the main job from command-line choices, merged over a YAML/JSON file when one is given."""
+    config: dict[str, dict[str, dict[str, object]]] = {"ops": {}}
+    if args.config:
+        loaded = _load_config_file(Path(args.config))
+        config["ops"].update(loaded.get("ops", {}))
+
+    def set_field(op: str, key: str, value: object) -> None:
+        config["ops"].setdefault(op, {"config": {}}).setdefault("config", {})[key] = value
+
+    if args.domain:
+        set_field("labelled_data", "domain", args.domain)
+    if args.foundation:
+        set_field("foundation_model", "source", args.foundation)
+    if args.skip_domain_adaptation:
+        set_field("domain_adapted_model", "enabled", False)
+    if args.method:
+        set_field("task_model", "method", args.method)
+    if args.epochs is not None:
+        set_field("task_model", "epochs", args.epochs)
+    return config
+
+
+def _load_config_file(path: Path) -> dict[str, dict[str, dict[str, object]]]:
+    if not path.is_file():
+        raise SystemExit(f"tlp: config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        loaded = json.loads(text)
+    else:
+        import yaml
+
+        loaded = yaml.safe_load(text)
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict):
+        raise SystemExit(f"tlp: {path} must hold a mapping with an 'ops' mapping (Dagster run config)")
+    return loaded
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    env = _environment()
+    config_path = Path(env["TLP_HOME"]) / "last_run_config.json"
+    config_path.write_text(json.dumps(run_config_from_args(args), indent=2))
+    command = [_executable("dagster"), "job", "execute", "-m", "definitions", "-j", args.job, "-c", str(config_path)]
+    print(f"tlp: {' '.join(command)}  (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
+    completed = subprocess.run(command, env=env, check=False)
+    if completed.returncode == 0:
+        print(f"tlp: done. Browse runs with `tlp mlflow-ui` and the asset graph with `tlp ui` (state in {env['TLP_HOME']})")
+    return completed.returncode
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    command = [_executable("dagster"), "dev", "-m", "definitions", "--port", str(args.port)]
+    return subprocess.run(command, env=_environment(), check=False).returncode
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    home = _home()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    command = [_executable("mlflow"), "ui", "--backend-store-uri", uri, "--port", str(args.port)]
+    return subprocess.run(command, env=_environment(), check=False).returncode
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from tl_platform.data import DatasetSource, DataValidationError, LabelSchema, load_labelled_text
+
+    schema = LabelSchema(labels=tuple(args.labels.split(",")))
+    try:
+        source = DatasetSource(
+            path=args.path, schema=schema, text_column=args.text_column, label_column=args.label_column, format=args.format
+        )
+        dataset = load_labelled_text(source)
+    except (DataValidationError, ValueError) as err:
+        print(f"tlp: {err}", file=sys.stderr)
+        return 1
+    dup = dataset.duplicates
+    print(f"{dataset.source}: {dataset.rows_read} rows read, {len(dataset)} kept")
+    print(f"  exact duplicates dropped: {dup.exact_duplicates}")
+    print(f"  conflicting texts dropped: {dup.conflicting_texts} ({dup.conflicting_rows} rows)")
+    print(f"  label counts: {dataset.label_counts()}")
+    print(f"  content hash: {dataset.content_hash()}")
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from tl_platform.checkpoints import BundleError, verify_bundle
+
+    try:
+        manifest = verify_bundle(Path(args.path), args.stage)
+    except BundleError as err:
+        print(f"tlp: {err}", file=sys.stderr)
+        return 1
+    print(f"{manifest.path}: a valid {manifest.stage} bundle of {len(manifest.files)} files")
+    print(f"  bundle sha256: {manifest.bundle_sha256}")
+    print(f"  git sha: {manifest.provenance.get('git_sha')}  seeds: {manifest.provenance.get('seeds')}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from tl_platform.tracking.mlflow_tracker import MlflowSettings, search_runs
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_home() / 'mlflow.db'}"
+    runs = search_runs(MlflowSettings(uri, args.experiment))
+    if not runs:
+        print(f"no runs in experiment {args.experiment!r} at {uri}")
+        return 0
+    for run in runs:
+        metrics: dict[str, float] = run["metrics"]  # type: ignore[assignment]
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in args.metrics}
+        print(f"{run['run_id']}  {run['status']:<9} {run['name']:<40} {shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlp", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="materialise the main job (labelled data to task model)")
+    run.add_argument("--job", default="main_job")
+    run.add_argument("--domain", choices=("amazon", "yelp", "imdb"), help="bundled domain (default amazon)")
+    run.add_argument("--foundation", help="package:<module>, a model directory or a hub id")
+    run.add_argument("--method", choices=("lora", "full"), help="fine-tuning method (default lora)")
+    run.add_argument("--epochs", type=int, help="maximum fine-tuning epochs")
+    run.add_argument("--skip-domain-adaptation", action="store_true", help="pass the foundation model through")
+    run.add_argument("--config", help="a Dagster run config file (YAML or JSON); flags override it")
+    run.set_defaults(func=cmd_run)
+
+    ui = sub.add_parser("ui", help="the Dagster web UI (dagster dev) on this project")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+
+    mlflow_ui = sub.add_parser("mlflow-ui", help="the MLflow UI on the local tracking store")
+    mlflow_ui.add_argument("--port", type=int, default=5000)
+    mlflow_ui.set_defaults(func=cmd_mlflow_ui)
+
+    data = sub.add_parser("data", help="data commands").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="validate a labelled dataset and report duplicates and conflicts")
+    check.add_argument("path")
+    check.add_argument("--labels", required=True, help="comma-separated allowed label values")
+    check.add_argument("--text-column", default="text")
+    check.add_argument("--label-column", default="label")
+    check.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"))
+    check.set_defaults(func=cmd_data_check)
+
+    bundle = sub.add_parser("bundle", help="bundle commands").add_subparsers(dest="bundle_command", required=True)
+    verify = bundle.add_parser("verify", help="check a reproducibility bundle against its manifest")
+    verify.add_argument("path")
+    verify.add_argument("--stage", choices=("foundation", "domain_adapted", "task"))
+    verify.set_defaults(func=cmd_bundle_verify)
+
+    runs = sub.add_parser("runs", help="list tracked MLflow runs, newest first")
+    runs.add_argument("--experiment", default="tl_platform")
+    runs.add_argument("--metrics", nargs="*", default=["test_accuracy", "perplexity_after", "probe_test_accuracy"])
+    runs.set_defaults(func=cmd_runs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
