@@ -33,6 +33,7 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def publish(self, stage: str, path: Path, run_id: str) -> None:
         pointer = Path(self.root) / stage / "LATEST.json"
+        pointer.parent.mkdir(parents=True, exist_ok=True)  # a pass-through stage publishes without a version dir
         temporary = pointer.with_suffix(".tmp")
         temporary.write_text(json.dumps({"path": str(path), "run_id": run_id}))
         temporary.replace(pointer)  # atomic: readers see the old or the new pointer, never half of one

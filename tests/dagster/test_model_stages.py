@@ -107,8 +107,12 @@ def test_a_rising_perplexity_fails_the_blocking_check_and_stops_fine_tuning(tiny
     from tests.dagster.conftest import make_stage_resources
 
     resources = make_stage_resources(tmp_path)
-    # a learning rate this high wrecks the encoder, so held-out perplexity rises
-    config = tiny_run_config(tiny_bert_dir, domain_adapted_model={"learning_rate": 0.5, "epochs": 1, "warmup_ratio": 0.0})
+    # a fitted head first, then a learning rate high enough to wreck the encoder: held-out perplexity rises
+    wreck = {
+        "head_warmup_epochs": 3, "head_warmup_learning_rate": 5e-3, "learning_rate": 0.9, "epochs": 1,
+        "warmup_ratio": 0.0, "weight_decay": 0.0,
+    }
+    config = tiny_run_config(tiny_bert_dir, domain_adapted_model=wreck)
     result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config, raise_on_error=False)
     found = checks(result)
     assert not found["heldout_perplexity_fell"].passed
