@@ -5,7 +5,7 @@ layer-wise parameter groups), linear warm-up schedule, gradient clipping, batch 
 best-checkpoint keeping, in one process, alternating, so machine noise hits both alike. Prints samples/s of
 each and the ratio platform / bare (target: at least 0.95).
 
-    .venv/bin/python bench/train_throughput.py                 # MiniLM, LoRA, 320 examples, 2 epochs
+    .venv/bin/python bench/train_throughput.py                 # MiniLM, LoRA, 320 examples, 2 epochs, 3 repeats
     .venv/bin/python bench/train_throughput.py --method full --repeats 3
 """
 
@@ -24,18 +24,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+import torch
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+from transformers.utils import logging as hf_logging
 
-from tl_platform.data import DatasetSplits, SplitFractions, load_labelled_text, stratified_split  # noqa: E402
-from tl_platform.data.bundled import bundled_source  # noqa: E402
-from tl_platform.models.foundation import FoundationSource, load_tokenizer, resolve_source  # noqa: E402
-from tl_platform.tracking.protocol import NullTracker  # noqa: E402
-from tl_platform.training.classifier import build_classifier, fine_tune_classifier  # noqa: E402
-from tl_platform.training.config import FineTuneConfig  # noqa: E402
-from tl_platform.training.layerwise import layerwise_parameter_groups  # noqa: E402
-from tl_platform.training.text_data import TokenizedTexts  # noqa: E402
+from tl_platform.data import DatasetSplits, SplitFractions, load_labelled_text, stratified_split
+from tl_platform.data.bundled import bundled_source
+from tl_platform.models.foundation import FoundationSource, load_tokenizer, resolve_source
+from tl_platform.tracking.protocol import NullTracker
+from tl_platform.training.classifier import build_classifier, fine_tune_classifier
+from tl_platform.training.config import FineTuneConfig
+from tl_platform.training.layerwise import layerwise_parameter_groups
+from tl_platform.training.text_data import TokenizedTexts
 
 MAX_GRAD_NORM = 1.0  # the Trainer's default, applied in both paths
 
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--method", choices=("lora", "full"), default="lora")
     parser.add_argument("--samples", type=int, default=320, help="training examples (from the train split)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     hf_logging.set_verbosity_error()

@@ -50,9 +50,12 @@ def _executable(name: str) -> str:
     return found
 
 
-def run_config_from_args(args: argparse.Namespace) -> dict[str, object]:
+RunConfig = dict[str, dict[str, dict[str, dict[str, object]]]]  # {"ops": {op: {"config": {field: value}}}}
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """Run config of the main job from command-line choices, merged over a YAML/JSON file when one is given."""
-    config: dict[str, dict[str, dict[str, object]]] = {"ops": {}}
+    config: RunConfig = {"ops": {}}
     if args.config:
         loaded = _load_config_file(Path(args.config))
         config["ops"].update(loaded.get("ops", {}))
@@ -73,7 +76,7 @@ def run_config_from_args(args: argparse.Namespace) -> dict[str, object]:
     return config
 
 
-def _load_config_file(path: Path) -> dict[str, dict[str, dict[str, object]]]:
+def _load_config_file(path: Path) -> RunConfig:
     if not path.is_file():
         raise SystemExit(f"tlp: config file {path} does not exist")
     text = path.read_text(encoding="utf-8")

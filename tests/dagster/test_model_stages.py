@@ -144,7 +144,7 @@ def test_bad_config_names_the_field(tiny_bert_dir: Path, tmp_path: Path) -> None
 
     resources = make_stage_resources(tmp_path)
     config = tiny_run_config(tiny_bert_dir, task_model={"method": "adapter"})
-    with pytest.raises(Exception, match="FineTuneConfig.method must be 'lora' or 'full', got 'adapter'"):
+    with pytest.raises(Exception, match=r"FineTuneConfig\.method must be 'lora' or 'full', got 'adapter'"):
         dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config)
 
 
@@ -152,5 +152,5 @@ def test_a_stage_without_its_upstream_says_what_to_materialise(tmp_path: Path) -
     from assets import task_model
     from tests.dagster.conftest import make_stage_resources
 
-    with pytest.raises(Exception, match="no published output of 'domain_adapted_model'.*materialise domain_adapted_model first"):
+    with pytest.raises(Exception, match=r"no published output of 'domain_adapted_model'.*materialise domain_adapted_model first"):
         dg.materialize([task_model], resources=make_stage_resources(tmp_path))

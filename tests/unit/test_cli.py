@@ -17,7 +17,7 @@ def test_flags_become_run_config_over_a_file(tmp_path: Path) -> None:
         ["run", "--domain", "yelp", "--method", "full", "--epochs", "5", "--skip-domain-adaptation", "--config", str(config_file)]
     )
     ops = run_config_from_args(args)["ops"]
-    assert ops == {  # type: ignore[comparison-overlap]
+    assert ops == {
         "task_model": {"config": {"epochs": 5, "batch_size": 8, "method": "full"}},
         "labelled_data": {"config": {"domain": "yelp"}},
         "domain_adapted_model": {"config": {"enabled": False}},
