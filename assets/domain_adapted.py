@@ -7,7 +7,7 @@ import json
 import dagster as dg
 from pydantic import Field
 
-from assets.stage_records import bundle_metadata, register_bundle, tracking_metadata
+from assets.stage_records import bundle_metadata, log_split_inputs, register_bundle, tracking_metadata
 from resources.artifact_store import ArtifactStore
 from resources.mlflow_tracking import MlflowTracking
 from tl_platform.checkpoints import capture_provenance, verify_bundle, write_bundle
@@ -84,6 +84,7 @@ def domain_adapted_model(
             )
 
         splits = read_splits(artifact_store.latest("labelled_data"))
+        log_split_inputs(tracker, splits)  # train texts are trained on (labels unused); the rest measure perplexity
         tokenizer = load_tokenizer(str(foundation.path / "tokenizer"))
         directory = artifact_store.version_dir("domain_adapted_model", context.run_id)
         result = adapt_to_domain(

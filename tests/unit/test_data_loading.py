@@ -159,3 +159,10 @@ def test_bundled_domains_load_with_their_known_duplicates(domain: str, rows: int
 def test_unknown_bundled_domain_lists_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown bundled domain 'twitter'; choose one of \['amazon', 'imdb', 'yelp'\]"):
         bundled_source("twitter")
+
+
+def test_file_uri_is_read_and_other_schemes_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.csv", "text,label\ngood,pos\nbad,neg\n")
+    assert len(load_labelled_text(DatasetSource(path=path.as_uri(), schema=SCHEMA))) == 2
+    with pytest.raises(ValueError, match=r"uses the s3:// scheme; give a local path or a file:// URI"):
+        DatasetSource(path="s3://bucket/d.csv", schema=SCHEMA)

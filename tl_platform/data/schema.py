@@ -85,6 +85,12 @@ class DatasetSource:
     column_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        scheme = self.path.split("://", 1)[0] if "://" in self.path else None
+        if scheme is not None and scheme != "file":
+            raise ValueError(
+                f"DatasetSource.path {self.path!r} uses the {scheme}:// scheme; give a local path or a file:// URI "
+                "(copy remote data to local storage first)"
+            )
         if self.format is not None and self.format not in DATA_FORMATS:
             raise ValueError(f"DatasetSource.format must be one of {list(DATA_FORMATS)}, got {self.format!r}")
         if self.text_column == self.label_column:
