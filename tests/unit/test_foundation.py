@@ -50,12 +50,12 @@ def test_unresolvable_sources_say_why(source: str, message: str) -> None:
 
 
 def test_a_directory_without_config_is_not_a_model(tmp_path: Path) -> None:
-    with pytest.raises(FoundationSourceError, match="has no config.json: it is not a Hugging Face model directory"):
+    with pytest.raises(FoundationSourceError, match=r"has no config\.json: it is not a Hugging Face model directory"):
         resolve_source(FoundationSource(str(tmp_path)))
 
 
 def test_an_empty_source_is_refused() -> None:
-    with pytest.raises(FoundationSourceError, match="FoundationSource.source is empty"):
+    with pytest.raises(FoundationSourceError, match=r"FoundationSource\.source is empty"):
         FoundationSource("  ")
 
 
