@@ -42,13 +42,17 @@ class TaskModelConfig(dg.Config):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
+    lora_target_modules: list[str] = Field(
+        default=["query", "key", "value", "dense"], description="names of the linear modules that get adapters"
+    )
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"
     seed: int = 42
     min_test_accuracy: float = Field(default=0.85, description="the check fails below this accuracy on the test split")
 
     def to_library(self) -> FineTuneConfig:
-        return FineTuneConfig(**self.model_dump(exclude={"min_test_accuracy"}))
+        fields = self.model_dump(exclude={"min_test_accuracy"})
+        return FineTuneConfig(**{**fields, "lora_target_modules": tuple(self.lora_target_modules)})
 
 
 @dg.asset(

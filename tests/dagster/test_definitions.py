@@ -72,3 +72,28 @@ def test_local_environment_puts_state_under_tlp_home(monkeypatch: pytest.MonkeyP
     assert resources["artifact_store"].root == str(tmp_path / "artifacts")  # type: ignore[attr-defined]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert resources_for_environment("local")["mlflow"].tracking_uri == "http://mlflow.example:5000"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("dagster_config", "library_config", "dagster_only"),
+    [
+        ("assets.task_model:TaskModelConfig", "tl_platform.training.config:FineTuneConfig", {"min_test_accuracy"}),
+        ("assets.domain_adapted:DomainAdaptedConfig", "tl_platform.training.config:DomainAdaptationConfig", set()),
+    ],
+)
+def test_launchpad_config_mirrors_the_library_defaults(dagster_config: str, library_config: str, dagster_only: set[str]) -> None:
+    """The Dagster configs restate the library's fields for the launchpad; they must not drift apart."""
+    import dataclasses
+    import importlib
+
+    def load(spec: str) -> type:
+        module, name = spec.split(":")
+        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+    launchpad = load(dagster_config)()
+    library = load(library_config)()
+    mirrored = set(type(launchpad).model_fields) - dagster_only
+    assert mirrored == {f.name for f in dataclasses.fields(library)}
+    for name in mirrored:
+        value = getattr(launchpad, name)
+        assert (tuple(value) if isinstance(value, list) else value) == getattr(library, name), name
