@@ -128,16 +128,16 @@ def adapt_to_domain(
 
     warmup_epochs = config.head_warmup_epochs if head_missing else 0
     if warmup_epochs:
-        _set_base_trainable(mlm, False)
-        _train_mlm(mlm, tokenizer, train_set, config, work_dir / "head_warmup", tracker, "head_warmup/",
+        set_base_trainable(mlm, False)
+        train_mlm(mlm, tokenizer, train_set, config, work_dir / "head_warmup", tracker, "head_warmup/",
                    epochs=warmup_epochs, learning_rate=config.head_warmup_learning_rate)
-        _set_base_trainable(mlm, True)
+        set_base_trainable(mlm, True)
 
     before = heldout.perplexity(mlm)
     tracker.log_metrics({"heldout_perplexity": before}, step=0)
     per_epoch = PerplexityCallback(heldout, tracker)
     started = time.perf_counter()
-    metrics = _train_mlm(mlm, tokenizer, train_set, config, work_dir / "mlm", tracker, "mlm/",
+    metrics = train_mlm(mlm, tokenizer, train_set, config, work_dir / "mlm", tracker, "mlm/",
                          epochs=config.epochs, learning_rate=config.learning_rate, extra_callbacks=[per_epoch])
     train_seconds = time.perf_counter() - started
     after = heldout.perplexity(mlm)
@@ -163,7 +163,7 @@ def adapt_to_domain(
     )
 
 
-def _set_base_trainable(model: PreTrainedModel, trainable: bool) -> None:
+def set_base_trainable(model: PreTrainedModel, trainable: bool) -> None:
     for parameter in model.base_model.parameters():
         parameter.requires_grad_(trainable)
 
@@ -182,7 +182,7 @@ class PerplexityCallback(TrainerCallback):
         self.tracker.log_metrics({"heldout_perplexity": value}, step=len(self.perplexities))
 
 
-def _train_mlm(
+def train_mlm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     train_set: TokenizedTexts,
