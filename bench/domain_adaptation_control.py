@@ -20,16 +20,16 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from transformers import AutoModelForMaskedLM  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from transformers import AutoModelForMaskedLM
+from transformers.utils import logging as hf_logging
 
-from tl_platform.data import SplitFractions, load_labelled_text, stratified_split  # noqa: E402
-from tl_platform.data.bundled import bundled_source  # noqa: E402
-from tl_platform.models.foundation import FoundationSource, load_tokenizer, resolve_source  # noqa: E402
-from tl_platform.tracking.protocol import NullTracker  # noqa: E402
-from tl_platform.training.config import DomainAdaptationConfig  # noqa: E402
-from tl_platform.training.domain_adaptation import FixedMaskedBatches, set_base_trainable, train_mlm  # noqa: E402
-from tl_platform.training.text_data import TokenizedTexts  # noqa: E402
+from tl_platform.data import SplitFractions, load_labelled_text, stratified_split
+from tl_platform.data.bundled import bundled_source
+from tl_platform.models.foundation import FoundationSource, load_tokenizer, resolve_source
+from tl_platform.tracking.protocol import NullTracker
+from tl_platform.training.config import DomainAdaptationConfig
+from tl_platform.training.domain_adaptation import FixedMaskedBatches, set_base_trainable, train_mlm
+from tl_platform.training.text_data import TokenizedTexts
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ def test_a_bad_row_fails_the_asset_with_its_line(tmp_path: Path) -> None:
 
 
 def test_a_path_without_labels_is_refused() -> None:
-    with pytest.raises(ValueError, match="labelled_data.labels must list the allowed label values when a path is given"):
+    with pytest.raises(ValueError, match=r"labelled_data\.labels must list the allowed label values when a path is given"):
         LabelledDataConfig(path="/data/x.csv").source()
 
 
