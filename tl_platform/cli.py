@@ -26,6 +26,8 @@ def _environment() -> dict[str, str]:
     home = _home()
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
+    # An empty instance file: Dagster's defaults (SQLite under DAGSTER_HOME), stated rather than warned about.
+    (dagster_home / "dagster.yaml").touch()
     env = dict(os.environ)
     env.update(
         {
