@@ -4,6 +4,7 @@ from tl_platform.checkpoints.bundle import (
     BundleError,
     BundleManifest,
     load_bundle,
+    seal_bundle,
     verify_bundle,
     write_bundle,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "Provenance",
     "capture_provenance",
     "load_bundle",
+    "seal_bundle",
     "verify_bundle",
     "write_bundle",
 ]

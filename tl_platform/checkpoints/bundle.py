@@ -9,6 +9,7 @@ Layout of a bundle directory::
     eval_set.jsonl       the frozen eval split the bundle was scored on (task bundles)
     eval_suite/          the frozen held-out splits and label schema (foundation bundles)
     adapter/             LoRA adapter weights and config, when the task model was trained with LoRA
+    model_fp32.onnx, model_int8.onnx, projection.json, serving.json   exported bundles (no model/ directory)
     reports/             metrics and pictures (optional)
 """
 
@@ -48,6 +49,14 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
         "label_schema.json",
         "eval_set.jsonl",
     ),
+    "exported": (
+        "model_fp32.onnx",
+        "model_int8.onnx",
+        "tokenizer/tokenizer_config.json",
+        "label_schema.json",
+        "projection.json",
+        "serving.json",
+    ),
 }
 
 
@@ -65,7 +74,10 @@ class BundleManifest:
 
     @property
     def weights_sha256(self) -> str:
-        return self.files["model/model.safetensors"]
+        for weights in ("model/model.safetensors", "model_int8.onnx"):
+            if weights in self.files:
+                return self.files[weights]
+        raise BundleError(f"{self.path}: a {self.stage} bundle lists no weights file")
 
     def label_schema(self) -> LabelSchema:
         if "label_schema.json" not in self.files:
@@ -99,6 +111,13 @@ def write_bundle(
         target = directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
+    return seal_bundle(directory, provenance)
+
+
+def seal_bundle(directory: Path, provenance: Provenance) -> BundleManifest:
+    """Hash every file already in ``directory`` into its manifest; from then on any change is detected."""
+    if (directory / MANIFEST_NAME).exists():
+        raise BundleError(f"{directory}: already sealed; a bundle is written once")
     files = {_relative(directory, p): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
     manifest = {"format": BUNDLE_FORMAT, "stage": provenance.stage, "files": files, "provenance": provenance.to_json()}
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))

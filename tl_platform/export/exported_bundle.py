@@ -1,0 +1,194 @@
+"""From a task bundle to an exported bundle: ONNX FP32 and INT8 graphs, the training tokenizer byte for byte,
+the monitoring projection, and the gate reports that decide whether it may be deployed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tl_platform.checkpoints.bundle import load_bundle
+from tl_platform.data.schema import LabelSchema
+from tl_platform.data.splits import read_split_jsonl
+from tl_platform.export.gates import (
+    LatencyReport,
+    ParityReport,
+    QuantisationReport,
+    batched_outputs,
+    check_parity,
+    check_quantisation,
+    encoded_for_torch,
+    measure_latency,
+)
+from tl_platform.export.onnx_export import DEFAULT_OPSET, export_onnx, quantize_int8
+from tl_platform.export.runtime import OnnxClassifier, encode
+from tl_platform.monitoring.features import DEFAULT_COMPONENTS, EmbeddingProjection
+
+FP32_FILE = "model_fp32.onnx"
+INT8_FILE = "model_int8.onnx"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export and gate settings.
+
+    Attributes:
+        opset: ONNX opset of the exported graph.
+        parity_tolerance: largest allowed |logit difference| between ONNX FP32 and PyTorch on the eval suite.
+        min_int8_agreement: share of eval-suite predictions on which INT8 must agree with FP32.
+        max_int8_accuracy_drop_points: accuracy INT8 may lose against FP32, in percentage points.
+        latency_budget_p99_ms: p99 of single-request INT8 inference (tokenisation included) must stay below this.
+        latency_threads: ONNX Runtime intra-op threads used for the latency measurement and by default in serving.
+        latency_requests: timed single requests.
+        projection_components: dimensions of the monitored embedding projection.
+    """
+
+    opset: int = DEFAULT_OPSET
+    parity_tolerance: float = 1e-3
+    min_int8_agreement: float = 0.99
+    max_int8_accuracy_drop_points: float = 0.5
+    latency_budget_p99_ms: float = 50.0
+    latency_threads: int = 1
+    latency_requests: int = 200
+    projection_components: int = DEFAULT_COMPONENTS
+
+    def __post_init__(self) -> None:
+        _require(14 <= self.opset <= 23, f"ExportConfig.opset must be in [14, 23], got {self.opset}")
+        _require(self.parity_tolerance > 0, f"ExportConfig.parity_tolerance must be positive, got {self.parity_tolerance}")
+        _require(
+            0 < self.min_int8_agreement <= 1,
+            f"ExportConfig.min_int8_agreement must be in (0, 1], got {self.min_int8_agreement}",
+        )
+        _require(
+            self.max_int8_accuracy_drop_points >= 0,
+            f"ExportConfig.max_int8_accuracy_drop_points must be at least 0, got {self.max_int8_accuracy_drop_points}",
+        )
+        _require(
+            self.latency_budget_p99_ms > 0,
+            f"ExportConfig.latency_budget_p99_ms must be positive, got {self.latency_budget_p99_ms}",
+        )
+        _require(1 <= self.latency_threads <= 64, f"ExportConfig.latency_threads must be in [1, 64], got {self.latency_threads}")
+        _require(
+            10 <= self.latency_requests <= 100_000,
+            f"ExportConfig.latency_requests must be in [10, 100000], got {self.latency_requests}",
+        )
+        _require(
+            1 <= self.projection_components <= 64,
+            f"ExportConfig.projection_components must be in [1, 64], got {self.projection_components}",
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    parity: ParityReport
+    quantisation: QuantisationReport
+    latency: LatencyReport
+    fp32_bytes: int
+    int8_bytes: int
+    max_length: int
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "parity_max_abs_logit_diff": self.parity.max_abs_logit_diff,
+            "int8_label_agreement": self.quantisation.label_agreement,
+            "fp32_accuracy": self.quantisation.fp32_accuracy,
+            "int8_accuracy": self.quantisation.int8_accuracy,
+            "int8_accuracy_drop_points": self.quantisation.accuracy_drop_points,
+            "latency_p50_ms": self.latency.p50_ms,
+            "latency_p99_ms": self.latency.p99_ms,
+            "fp32_megabytes": self.fp32_bytes / 1e6,
+            "int8_megabytes": self.int8_bytes / 1e6,
+        }
+
+
+def export_task_bundle(
+    task_bundle: Path, directory: Path, train_texts: Sequence[str], config: ExportConfig
+) -> ExportResult:
+    """Fill ``directory`` (to be sealed by the caller) with the exported model and the reports of its gates."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model, tokenizer, manifest = load_bundle(task_bundle, AutoModelForSequenceClassification, expected_stage="task")
+    model.eval()
+    max_length = int(manifest.provenance["config"]["max_length"])
+    schema = LabelSchema.from_json(json.loads((task_bundle / "label_schema.json").read_text()))
+    eval_set = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fp32_path = export_onnx(model, tokenizer, directory / FP32_FILE, config.opset)
+    int8_path = quantize_int8(fp32_path, directory / INT8_FILE)
+    # The exact tokenizer artefacts of training, byte for byte: serving must tokenise as training did.
+    shutil.copytree(task_bundle / "tokenizer", directory / "tokenizer")
+    shutil.copy2(task_bundle / "label_schema.json", directory / "label_schema.json")
+
+    fp32 = OnnxClassifier(fp32_path, intra_op_threads=config.latency_threads)
+    int8 = OnnxClassifier(int8_path, intra_op_threads=config.latency_threads)
+    texts = list(eval_set.texts)
+    fp32_logits, _ = batched_outputs(fp32, tokenizer, texts, max_length)
+    int8_logits, _ = batched_outputs(int8, tokenizer, texts, max_length)
+    reference = _torch_logits(model, tokenizer, texts, max_length)
+    parity = check_parity(reference, fp32_logits, config.parity_tolerance)
+    quantisation = check_quantisation(
+        fp32_logits, int8_logits, eval_set.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
+    )
+    with torch.inference_mode():
+        latency = measure_latency(
+            lambda text: int8.run(encode(tokenizer, [text], max_length)),
+            texts,
+            budget_p99_ms=config.latency_budget_p99_ms,
+            threads=config.latency_threads,
+            requests=config.latency_requests,
+        )
+
+    _, train_embeddings = batched_outputs(fp32, tokenizer, list(train_texts), max_length)
+    projection = EmbeddingProjection.fit(train_embeddings, config.projection_components)
+    (directory / "projection.json").write_text(json.dumps(projection.to_json()))
+    serving = {
+        "max_length": max_length,
+        "fp32": FP32_FILE,
+        "int8": INT8_FILE,
+        "labels": list(schema.labels),
+        "label_names": list(schema.names),
+        "task_bundle_sha256": manifest.bundle_sha256,
+    }
+    (directory / "serving.json").write_text(json.dumps(serving, indent=2))
+    reports = {"parity": parity.to_json(), "quantisation": quantisation.to_json(), "latency": latency.to_json()}
+    (directory / "reports").mkdir(exist_ok=True)
+    (directory / "reports" / "gates.json").write_text(json.dumps(reports, indent=2))
+    return ExportResult(
+        directory=directory,
+        parity=parity,
+        quantisation=quantisation,
+        latency=latency,
+        fp32_bytes=fp32_path.stat().st_size,
+        int8_bytes=int8_path.stat().st_size,
+        max_length=max_length,
+    )
+
+
+def _torch_logits(model: object, tokenizer: object, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
+    """PyTorch logits on the same length-ordered batches (same padding) as the ONNX runs."""
+    import torch
+
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            encoded = encode(tokenizer, [texts[i] for i in order[start : start + batch_size]], max_length)  # type: ignore[arg-type]
+            chunks.append(model(**encoded_for_torch(encoded)).logits.numpy())  # type: ignore[operator]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.concatenate(chunks)[inverse]

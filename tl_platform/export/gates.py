@@ -1,0 +1,146 @@
+"""The gates an exported model passes before it may serve: parity, quantisation agreement, latency.
+
+Each gate returns a frozen report carrying its numbers, so a failed gate says by how much it failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tl_platform.export.runtime import Encoded, OnnxClassifier, encode
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """ONNX FP32 logits against PyTorch logits on the same token ids."""
+
+    max_abs_logit_diff: float
+    tolerance: float
+    examples: int
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_logit_diff <= self.tolerance
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class QuantisationReport:
+    """INT8 predictions against FP32 on the eval suite: label agreement and accuracy in points."""
+
+    label_agreement: float
+    fp32_accuracy: float
+    int8_accuracy: float
+    min_agreement: float
+    max_accuracy_drop_points: float
+    examples: int
+
+    @property
+    def accuracy_drop_points(self) -> float:
+        return 100.0 * (self.fp32_accuracy - self.int8_accuracy)
+
+    @property
+    def passed(self) -> bool:
+        return self.label_agreement >= self.min_agreement and self.accuracy_drop_points <= self.max_accuracy_drop_points
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "accuracy_drop_points": self.accuracy_drop_points, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """Single-request latency, tokenisation included, over ``requests`` timed calls after a warm-up."""
+
+    p50_ms: float
+    p99_ms: float
+    budget_p99_ms: float
+    requests: int
+    threads: int
+
+    @property
+    def passed(self) -> bool:
+        return self.p99_ms <= self.budget_p99_ms
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def batched_outputs(
+    classifier: OnnxClassifier, tokenizer: object, texts: Sequence[str], max_length: int, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and embeddings for every text, batched in length order (little padding), returned in input order."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    logits: list[np.ndarray] = []
+    embeddings: list[np.ndarray] = []
+    for start in range(0, len(order), batch_size):
+        chunk = [texts[i] for i in order[start : start + batch_size]]
+        out_logits, out_embedding = classifier.run(encode(tokenizer, chunk, max_length))  # type: ignore[arg-type]
+        logits.append(out_logits)
+        embeddings.append(out_embedding)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.concatenate(logits)[inverse], np.concatenate(embeddings)[inverse]
+
+
+def check_parity(reference_logits: np.ndarray, onnx_logits: np.ndarray, tolerance: float) -> ParityReport:
+    if reference_logits.shape != onnx_logits.shape:
+        raise ValueError(f"logit shapes differ: reference {reference_logits.shape}, ONNX {onnx_logits.shape}")
+    return ParityReport(float(np.abs(reference_logits - onnx_logits).max()), tolerance, int(reference_logits.shape[0]))
+
+
+def check_quantisation(
+    fp32_logits: np.ndarray,
+    int8_logits: np.ndarray,
+    labels: Sequence[int],
+    min_agreement: float,
+    max_accuracy_drop_points: float,
+) -> QuantisationReport:
+    truth = np.asarray(labels)
+    fp32_pred, int8_pred = fp32_logits.argmax(axis=1), int8_logits.argmax(axis=1)
+    return QuantisationReport(
+        label_agreement=float((fp32_pred == int8_pred).mean()),
+        fp32_accuracy=float((fp32_pred == truth).mean()),
+        int8_accuracy=float((int8_pred == truth).mean()),
+        min_agreement=min_agreement,
+        max_accuracy_drop_points=max_accuracy_drop_points,
+        examples=int(truth.shape[0]),
+    )
+
+
+def measure_latency(
+    predict_one: Callable[[str], object],
+    texts: Sequence[str],
+    budget_p99_ms: float,
+    threads: int,
+    requests: int = 200,
+    warmup: int = 20,
+) -> LatencyReport:
+    """Time ``predict_one`` on one text at a time, cycling through ``texts``."""
+    if not texts:
+        raise ValueError("latency needs at least one text")
+    for i in range(warmup):
+        predict_one(texts[i % len(texts)])
+    timings = np.empty(requests)
+    for i in range(requests):
+        started = time.perf_counter()
+        predict_one(texts[i % len(texts)])
+        timings[i] = (time.perf_counter() - started) * 1000.0
+    return LatencyReport(
+        p50_ms=float(np.percentile(timings, 50)),
+        p99_ms=float(np.percentile(timings, 99)),
+        budget_p99_ms=budget_p99_ms,
+        requests=requests,
+        threads=threads,
+    )
+
+
+def encoded_for_torch(encoded: Encoded) -> dict[str, object]:
+    import torch
+
+    return {"input_ids": torch.from_numpy(encoded.input_ids), "attention_mask": torch.from_numpy(encoded.attention_mask)}

@@ -1,0 +1,56 @@
+"""Run an exported classifier with ONNX Runtime: the same tokenizer as training, logits and embeddings out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a batch, padded to its longest member (callers bucket by length to keep padding low)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    unknown_share: np.ndarray  # per text: share of its tokens that are the unknown token
+    lengths: np.ndarray  # per text: tokens, special tokens included
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> Encoded:
+    """Tokenise exactly as training does (same tokenizer files, truncation at ``max_length``)."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    ids = batch["input_ids"].astype(np.int64)
+    mask = batch["attention_mask"].astype(np.int64)
+    lengths = mask.sum(axis=1)
+    unknown = ((ids == tokenizer.unk_token_id) & (mask == 1)).sum(axis=1) / np.maximum(lengths, 1)
+    return Encoded(ids, mask, unknown.astype(np.float64), lengths)
+
+
+class OnnxClassifier:
+    """One ONNX Runtime session of an exported classifier; thread-safe for concurrent ``run`` calls."""
+
+    def __init__(self, path: Path, intra_op_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(self, encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+        """Return (logits, embeddings) for an encoded batch."""
+        logits, embedding = self.session.run(
+            None, {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+        )
+        return np.asarray(logits), np.asarray(embedding)
