@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import TRANSFER_ASSETS
+from assets import SERVING_ASSETS, TRANSFER_ASSETS
 from resources import resources_for_environment
 
 main_job = dg.define_asset_job(
     "main_job",
-    selection=dg.AssetSelection.assets(*TRANSFER_ASSETS),
-    description="Labelled data to a fine-tuned task model: foundation, domain-adaptive pretraining, fine-tuning.",
+    selection=dg.AssetSelection.assets(*TRANSFER_ASSETS, *SERVING_ASSETS),
+    description="Labelled data to a servable model: foundation, domain-adaptive pretraining, fine-tuning, export.",
 )
 
 defs = dg.Definitions(
-    assets=TRANSFER_ASSETS,
+    assets=[*TRANSFER_ASSETS, *SERVING_ASSETS],
     jobs=[main_job],
     resources=resources_for_environment(),
 )

@@ -18,6 +18,7 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("logits", "sentence_embedding")  # "embedding" collides with a node name in BERT graphs
 DEFAULT_OPSET = 18
 _OPERATOR_PATTERN = re.compile(r"(aten::[\w.]+|aten\.[\w.]+|prim::\w+|torchvision::\w+)")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ExportError(RuntimeError):
@@ -83,18 +84,18 @@ def export_onnx(
 
 
 def _describe_export_failure(err: BaseException, opset: int) -> str:
-    text = f"{type(err).__name__}: {err}"
+    text = _ANSI_ESCAPE.sub("", f"{type(err).__name__}: {err}")
     cause = err.__cause__
     while cause is not None:
-        text += f"\n{type(cause).__name__}: {cause}"
+        text += _ANSI_ESCAPE.sub("", f"\n{type(cause).__name__}: {cause}")
         cause = cause.__cause__
     operators = sorted(set(_OPERATOR_PATTERN.findall(text)))
     if operators:
         return (
             f"ONNX export (opset {opset}) cannot translate operator(s) {operators}; replace them in the model "
-            f"or register a custom translation. Exporter said: {str(err).splitlines()[0][:300]}"
+            f"or register a custom translation. Exporter said: {text.splitlines()[0][:300]}"
         )
-    return f"ONNX export (opset {opset}) failed: {str(err).splitlines()[0][:500]}"
+    return f"ONNX export (opset {opset}) failed: {text.splitlines()[0][:500]}"
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:

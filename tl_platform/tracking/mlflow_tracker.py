@@ -21,6 +21,7 @@ class RegisteredVersion:
     name: str
     version: str
     source: str
+    tags: dict[str, str] | None = None
 
 
 class MlflowRunTracker:
@@ -142,3 +143,24 @@ def registered_versions(settings: MlflowSettings, name: str) -> list[RegisteredV
         RegisteredVersion(name=v.name, version=str(v.version), source=str(v.source))
         for v in client.search_model_versions(f"name='{name}'")
     ]
+
+
+def set_alias(settings: MlflowSettings, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` (champion, challenger) of registered model ``name`` at ``version``."""
+    MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def delete_alias(settings: MlflowSettings, name: str, alias: str) -> None:
+    MlflowClient(tracking_uri=settings.tracking_uri).delete_registered_model_alias(name, alias)
+
+
+def version_by_alias(settings: MlflowSettings, name: str, alias: str) -> RegisteredVersion | None:
+    """The version an alias points at, or None when the model or the alias does not exist."""
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    try:
+        found = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return RegisteredVersion(name=found.name, version=str(found.version), source=str(found.source), tags=dict(found.tags))

@@ -1,0 +1,127 @@
+"""The task model compressed for serving: ONNX FP32 and INT8, behind blocking parity, quantisation and latency gates."""
+
+# No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
+
+import json
+
+import dagster as dg
+from pydantic import Field
+
+from assets.stage_records import bundle_metadata, tracking_metadata
+from resources.artifact_store import ArtifactStore
+from resources.mlflow_tracking import MlflowTracking
+from tl_platform.checkpoints import capture_provenance, seal_bundle, verify_bundle
+from tl_platform.data.splits import read_splits
+from tl_platform.export.exported_bundle import ExportConfig, export_task_bundle
+from tl_platform.tracking.mlflow_tracker import set_alias, version_by_alias
+
+SERVING_MODEL_NAME = "tlp-classifier"
+PARITY_CHECK = "onnx_fp32_parity"
+QUANTISATION_CHECK = "int8_agreement_and_accuracy"
+LATENCY_CHECK = "single_request_latency_p99"
+
+
+class ExportedModelConfig(dg.Config):
+    """The fields of ``ExportConfig`` (validated there): what the gates demand."""
+
+    opset: int = 18
+    parity_tolerance: float = Field(default=1e-3, description="largest |logit difference| ONNX FP32 vs PyTorch")
+    min_int8_agreement: float = Field(default=0.99, description="share of eval predictions INT8 must share with FP32")
+    max_int8_accuracy_drop_points: float = Field(default=0.5, description="accuracy INT8 may lose, in points")
+    latency_budget_p99_ms: float = Field(default=50.0, description="p99 single-request INT8 latency budget")
+    latency_threads: int = 1
+    latency_requests: int = 200
+    projection_components: int = 4
+
+    def to_library(self) -> ExportConfig:
+        return ExportConfig(**self.model_dump())
+
+
+@dg.asset(
+    group_name="serving",
+    kinds={"onnx", "mlflow"},
+    deps=["task_model", "labelled_data"],
+    check_specs=[
+        dg.AssetCheckSpec(PARITY_CHECK, asset="exported_model", blocking=True,
+                          description="ONNX FP32 logits match PyTorch within the tolerance on the eval suite"),
+        dg.AssetCheckSpec(QUANTISATION_CHECK, asset="exported_model", blocking=True,
+                          description="INT8 agrees with FP32 on enough eval predictions and loses little accuracy"),
+        dg.AssetCheckSpec(LATENCY_CHECK, asset="exported_model", blocking=True,
+                          description="p99 of single-request INT8 inference stays within the budget"),
+    ],
+)
+def exported_model(
+    context: dg.AssetExecutionContext,
+    config: ExportedModelConfig,
+    artifact_store: ArtifactStore,
+    mlflow: MlflowTracking,
+) -> dg.MaterializeResult:
+    """The task model as ONNX graphs (FP32, and INT8 by ONNX Runtime's dynamic quantisation) for serving.
+
+    Carries the training tokenizer byte for byte and the embedding projection monitoring uses. Nothing is
+    deployed unless ONNX matches PyTorch, INT8 matches FP32, and single requests meet the latency budget.
+    A passing export becomes a version of the registered serving model: the first one is aliased
+    ``champion``, later ones ``challenger`` until an A/B decision promotes them.
+    """
+    settings = config.to_library()
+    task = verify_bundle(artifact_store.latest("task_model"), expected_stage="task")
+    splits = read_splits(artifact_store.latest("labelled_data"))
+    directory = artifact_store.version_dir("exported_model", context.run_id) / "bundle"
+    with mlflow.run_for_asset(context) as tracker:
+        tracker.log_params({f"export.{k}": v for k, v in settings.to_json().items()})
+        tracker.log_params({"parent_bundle": task.bundle_sha256})
+        result = export_task_bundle(task.path, directory, splits.train.texts, settings)
+        tracker.log_metrics(result.summary())
+        provenance = capture_provenance(
+            stage="exported", config=settings.to_json(), seeds={}, data_hashes=splits.hashes(),
+            parent_bundle=task.bundle_sha256, extra={"max_length": result.max_length},
+        )
+        manifest = seal_bundle(directory, provenance)
+        gates = (result.parity.passed, result.quantisation.passed, result.latency.passed)
+        version = None
+        alias = None
+        if all(gates):
+            tags = {"bundle_path": str(manifest.path), "bundle_sha256": manifest.bundle_sha256,
+                    "dagster.run_id": context.run_id}
+            version = tracker.log_bundle(manifest.path, "bundle", SERVING_MODEL_NAME, tags)
+            has_champion = version_by_alias(mlflow.settings(), SERVING_MODEL_NAME, "champion") is not None
+            alias = "challenger" if has_champion else "champion"
+            set_alias(mlflow.settings(), SERVING_MODEL_NAME, alias, version.version)
+            tracker.set_tags({"alias": alias})
+        tracked = tracking_metadata(tracker, version)
+    if all(gates):
+        artifact_store.publish("exported_model", manifest.path, context.run_id)
+    reports = {"parity": result.parity.to_json(), "quantisation": result.quantisation.to_json(),
+               "latency": result.latency.to_json()}
+    return dg.MaterializeResult(
+        metadata={
+            **tracked,
+            **bundle_metadata(manifest),
+            **{k: float(v) for k, v in result.summary().items()},
+            "alias": alias or "none (a gate failed)",
+            "gates": dg.MetadataValue.json(json.loads(json.dumps(reports))),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=PARITY_CHECK, passed=result.parity.passed,
+                metadata={"max_abs_logit_diff": result.parity.max_abs_logit_diff,
+                          "tolerance": result.parity.tolerance, "examples": result.parity.examples},
+            ),
+            dg.AssetCheckResult(
+                check_name=QUANTISATION_CHECK, passed=result.quantisation.passed,
+                metadata={"label_agreement": result.quantisation.label_agreement,
+                          "fp32_accuracy": result.quantisation.fp32_accuracy,
+                          "int8_accuracy": result.quantisation.int8_accuracy,
+                          "accuracy_drop_points": result.quantisation.accuracy_drop_points,
+                          "min_agreement": result.quantisation.min_agreement,
+                          "max_accuracy_drop_points": result.quantisation.max_accuracy_drop_points},
+            ),
+            dg.AssetCheckResult(
+                check_name=LATENCY_CHECK, passed=result.latency.passed,
+                metadata={"p50_ms": result.latency.p50_ms, "p99_ms": result.latency.p99_ms,
+                          "budget_p99_ms": result.latency.budget_p99_ms, "requests": result.latency.requests,
+                          "threads": result.latency.threads},
+            ),
+        ],
+        data_version=dg.DataVersion(manifest.bundle_sha256[:16]),
+    )
