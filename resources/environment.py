@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
+from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
 
 ENVIRONMENTS = ("local", "production")
@@ -24,6 +25,7 @@ def local_resources(home: Path) -> dict[str, dg.ConfigurableResource]:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     return {
         "artifact_store": ArtifactStore(root=str(home / "artifacts")),
+        "deployment_target": DeploymentTarget(record_path=str(home / "deployment.json")),
         "mlflow": MlflowTracking(
             tracking_uri=tracking_uri,
             artifact_location=(home / "mlartifacts").as_uri(),
@@ -36,6 +38,7 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
     """Services named by environment variables (see docker-compose.yml); a missing one fails at load time."""
     return {
         "artifact_store": ArtifactStore(root=dg.EnvVar("TLP_ARTIFACT_ROOT")),
+        "deployment_target": DeploymentTarget(record_path=dg.EnvVar("TLP_DEPLOYMENT_RECORD")),
         "mlflow": MlflowTracking(
             tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
             ui_base_url=dg.EnvVar("TLP_MLFLOW_UI"),

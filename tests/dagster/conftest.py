@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resources import ArtifactStore, MlflowTracking
+from resources import ArtifactStore, DeploymentTarget, MlflowTracking
 
 
 def make_stage_resources(tmp_path: Path) -> dict[str, object]:
     """A temporary artifact tree and a temporary SQLite MLflow store, as the embedded default uses."""
     return {
         "artifact_store": ArtifactStore(root=str(tmp_path / "artifacts")),
+        "deployment_target": DeploymentTarget(record_path=str(tmp_path / "deployment.json")),
         "mlflow": MlflowTracking(
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
             experiment_name="tests",

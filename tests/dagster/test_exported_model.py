@@ -67,3 +67,31 @@ def test_a_failed_gate_blocks_registration(
     assert latency.metadata["p99_ms"].value > latency.metadata["budget_p99_ms"].value
     settings = resources["mlflow"].settings()  # type: ignore[attr-defined]
     assert len(registered_versions(settings, "tlp-classifier")) == 2  # nothing new registered
+
+
+def test_deployment_records_aliases_split_and_shadow(
+    exported_twice: tuple[list[dg.ExecuteInProcessResult], dict[str, object]],
+) -> None:
+    from assets import deployment
+    from tl_platform.serving.deployment import read_deployment_record
+
+    _, resources = exported_twice
+    config = {"ops": {"deployment": {"config": {"challenger_share": 0.25}}}}
+    result = dg.materialize([deployment], resources=resources, run_config=config)
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert (meta["champion_version"].value, meta["challenger_version"].value) == ("1", "2")
+    record = read_deployment_record(resources["deployment_target"].path())  # type: ignore[attr-defined]
+    assert (record.champion.version, record.challenger.version if record.challenger else None) == ("1", "2")
+    assert record.challenger_share == 0.25 and not record.shadow
+    assert record.champion.precision == "int8"
+
+    shadow = {"ops": {"deployment": {"config": {"shadow": True}}}}
+    dg.materialize([deployment], resources=resources, run_config=shadow)
+    assert read_deployment_record(resources["deployment_target"].path()).shadow  # type: ignore[attr-defined]
+
+
+def test_deployment_without_a_champion_says_what_to_do(tmp_path: Path) -> None:
+    from assets import deployment
+
+    with pytest.raises(Exception, match=r"tlp-classifier has no 'champion' alias; materialise exported_model first"):
+        dg.materialize([deployment], resources=make_stage_resources(tmp_path))
