@@ -99,7 +99,7 @@ def _describe_export_failure(err: BaseException, opset: int) -> str:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
-    """Dynamic INT8 quantisation of the weights of MatMul/Gemm nodes (activations quantised at run time)."""
+    """Dynamic INT8 quantisation: weights quantised ahead of time, activations at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -107,7 +107,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
     # Symbolic shape inference rejects the torch.export graph ("cyclic graph"); ONNX shape inference suffices.
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     try:
-        quantize_dynamic(str(prepared), str(int8_path), weight_type=QuantType.QInt8, per_channel=False)
+        # Per-channel scales with 7-bit weights (reduce_range avoids saturation in the u8s8 kernels of CPUs
+        # without VNNI). On the fine-tuned MiniLM's eval suite (198 sentences) the defaults flipped 3 FP32
+        # predictions and lost 0.5 points; per-channel plus reduce_range flipped none.
+        quantize_dynamic(
+            str(prepared), str(int8_path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True
+        )
     finally:
         prepared.unlink(missing_ok=True)
     return int8_path

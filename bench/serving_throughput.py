@@ -1,0 +1,272 @@
+"""Serving throughput and latency, in one run, on the fine-tuned model of the main job.
+
+Starts each server as its own process on this machine and drives it over HTTP from a thread pool:
+
+- this server with INT8 ONNX, FP32 ONNX and PyTorch FP32 eager (all with dynamic batching and length buckets);
+- this server with INT8 ONNX one request at a time (max batch size 1), the baseline of batching;
+- ``mlflow models serve`` of the same fine-tuned model (Transformers flavour, local env manager).
+
+At concurrency 1, 8 and 32 it prints requests/s and p50/p99 latency, then the ratios the serving issue
+targets, and the eval-suite accuracy of each server against PyTorch's. Run the main job first (make demo).
+
+    .venv/bin/python bench/serving_throughput.py
+    .venv/bin/python bench/serving_throughput.py --requests 200 --skip-mlflow
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tl_platform.checkpoints import verify_bundle
+from tl_platform.data.schema import LabelSchema
+from tl_platform.data.splits import read_split_jsonl
+from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
+
+CONCURRENCIES = (1, 8, 32)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    concurrency: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def drive(send: Callable[[httpx.Client, str], None], texts: Sequence[str], concurrency: int, requests: int) -> LoadResult:
+    """Send ``requests`` single-text requests from ``concurrency`` threads; time each one."""
+    latencies: list[float] = []
+    errors = 0
+    clients = [httpx.Client(timeout=60.0) for _ in range(concurrency)]
+
+    def worker(index: int) -> tuple[list[float], int]:
+        client, mine, failed = clients[index], [], 0
+        for i in range(index, requests, concurrency):
+            started = time.perf_counter()
+            try:
+                send(client, texts[i % len(texts)])
+            except (httpx.HTTPError, RuntimeError):
+                failed += 1
+                continue
+            mine.append((time.perf_counter() - started) * 1000.0)
+        return mine, failed
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for mine, failed in pool.map(worker, range(concurrency)):
+            latencies.extend(mine)
+            errors += failed
+    seconds = time.perf_counter() - started
+    for client in clients:
+        client.close()
+    return LoadResult(
+        concurrency, len(latencies), seconds, float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), errors
+    )
+
+
+class PlatformServer:
+    """This project's server on one deployment record, as a subprocess."""
+
+    def __init__(self, name: str, variant: VariantSpec, workdir: Path, threads: int, max_batch_size: int) -> None:
+        self.name = name
+        self.port = free_port()
+        record = workdir / f"{name}.json"
+        write_deployment_record(record, DeploymentRecord(champion=variant))
+        command = [
+            sys.executable, "-m", "tl_platform.serving", "--deployment", str(record),
+            "--log-url", f"sqlite:///{workdir / (name + '.db')}", "--port", str(self.port),
+            "--threads", str(threads), "--max-batch-size", str(max_batch_size), "--max-wait-ms", "5",
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process)
+
+    def send(self, client: httpx.Client, text: str) -> None:
+        response = client.post(f"http://127.0.0.1:{self.port}/predict", json={"text": text, "unit_id": "bench"})
+        if response.status_code != 200:
+            raise RuntimeError(f"{self.name}: HTTP {response.status_code} {response.text[:200]}")
+
+    def predict_labels(self, texts: Sequence[str]) -> list[str]:
+        labels: list[str] = []
+        with httpx.Client(timeout=120.0) as client:
+            for start in range(0, len(texts), 32):
+                response = client.post(
+                    f"http://127.0.0.1:{self.port}/predict",
+                    json={"texts": list(texts[start : start + 32]), "unit_id": "accuracy"},
+                )
+                response.raise_for_status()
+                labels.extend(p["label"] for p in response.json()["predictions"])
+        return labels
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+class MlflowServer:
+    """``mlflow models serve`` of the fine-tuned model, Transformers flavour, local env manager."""
+
+    def __init__(self, task_bundle: Path, workdir: Path) -> None:
+        import mlflow
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name = "mlflow models serve"
+        model = AutoModelForSequenceClassification.from_pretrained(task_bundle / "model", use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(task_bundle / "tokenizer")
+        mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+        # Explicit requirements: inferring them imports torchvision, which fails beside this torch build.
+        requirements = [f"mlflow=={mlflow.__version__}", "torch", "transformers"]
+        with mlflow.start_run():
+            info = mlflow.transformers.log_model(
+                transformers_model={"model": model, "tokenizer": tokenizer},
+                name="classifier",
+                task="text-classification",
+                pip_requirements=requirements,
+            )
+        self.port = free_port()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+        mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+        command = [mlflow_bin, "models", "serve", "-m", info.model_uri, "--env-manager", "local",
+                   "-p", str(self.port), "-h", "127.0.0.1"]
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_ready(f"http://127.0.0.1:{self.port}/ping", self.process)
+
+    def send(self, client: httpx.Client, text: str) -> None:
+        response = client.post(f"http://127.0.0.1:{self.port}/invocations", json={"inputs": [text]})
+        if response.status_code != 200:
+            raise RuntimeError(f"mlflow: HTTP {response.status_code} {response.text[:200]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def latest(home: Path, stage: str) -> Path:
+    pointer = home / "artifacts" / stage / "LATEST.json"
+    if not pointer.is_file():
+        raise SystemExit(f"no {stage} under {home}; run the main job first (make demo)")
+    return Path(json.loads(pointer.read_text())["path"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", default=os.environ.get("TLP_HOME", ".tlp"))
+    parser.add_argument("--requests", type=int, default=400, help="requests per server and concurrency")
+    parser.add_argument("--threads", type=int, default=2, help="inference threads of each server")
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    home = Path(args.home).resolve()
+    task_bundle, exported = latest(home, "task_model"), latest(home, "exported_model")
+    verify_bundle(task_bundle, "task")
+    verify_bundle(exported, "exported")
+    schema = LabelSchema.from_json(json.loads((task_bundle / "label_schema.json").read_text()))
+    eval_set = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
+    texts = list(eval_set.texts)
+    truth = [schema.names[label] for label in eval_set.labels]
+
+    variants = {
+        "int8": VariantSpec("bench", exported, "int8"),
+        "fp32": VariantSpec("bench", exported, "fp32"),
+        "torch": VariantSpec("bench", exported, "torch", torch_bundle=task_bundle),
+    }
+    scenarios: list[tuple[str, Callable[[Path], object]]] = [
+        (f"this server, {name}", lambda w, n=name, v=variant: PlatformServer(n, v, w, args.threads, 16))
+        for name, variant in variants.items()
+    ]
+    scenarios.append(("this server, int8, unbatched", lambda w: PlatformServer("int8-single", variants["int8"], w, args.threads, 1)))
+    if not args.skip_mlflow:
+        scenarios.append(("mlflow models serve", lambda w: MlflowServer(task_bundle, w)))
+
+    results: dict[str, dict[int, LoadResult]] = {}
+    accuracy: dict[str, float] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="tlp-serving-bench-"))
+    try:
+        for label, start in scenarios:
+            server = start(workdir)
+            try:
+                send = server.send  # type: ignore[attr-defined]
+                drive(send, texts, 4, 40)  # warm-up
+                results[label] = {c: drive(send, texts, c, args.requests) for c in CONCURRENCIES}
+                if isinstance(server, PlatformServer):
+                    predicted = server.predict_labels(texts)
+                    accuracy[label] = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+            finally:
+                server.stop()  # type: ignore[attr-defined]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"eval suite: {len(texts)} sentences; {args.requests} single-text requests per concurrency; "
+          f"{args.threads} inference threads; machine: {os.cpu_count()} cores")
+    print(f"{'server':34} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for label, by_concurrency in results.items():
+        for c, r in by_concurrency.items():
+            print(f"{label:34} {c:>4} {r.throughput:8.1f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.errors:>6}")
+    ratios: dict[str, float] = {}
+
+    def ratio(name: str, numerator: str, denominator: str, concurrency: int, target: float) -> None:
+        if numerator in results and denominator in results:
+            value = results[numerator][concurrency].throughput / results[denominator][concurrency].throughput
+            ratios[name] = value
+            print(f"{name}: {value:.2f}x (target >= {target}x: {'met' if value >= target else 'NOT met'})")
+
+    ratio("int8 / torch eager, concurrency 8", "this server, int8", "this server, torch", 8, 2.0)
+    ratio("int8 / mlflow models serve, concurrency 8", "this server, int8", "mlflow models serve", 8, 5.0)
+    ratio("batched / unbatched int8, concurrency 32", "this server, int8", "this server, int8, unbatched", 32, 1.4)
+    if "mlflow models serve" in results:
+        ours, theirs = results["this server, int8"][8].p99_ms, results["mlflow models serve"][8].p99_ms
+        print(f"p99 at concurrency 8: int8 {ours:.1f} ms, mlflow {theirs:.1f} ms ({'no worse' if ours <= theirs else 'WORSE'})")
+    torch_accuracy = accuracy.get("this server, torch")
+    for label, value in accuracy.items():
+        delta = 100 * (value - torch_accuracy) if torch_accuracy is not None else float("nan")
+        print(f"accuracy {label}: {value:.4f} ({delta:+.2f} points against PyTorch eager)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "results": {k: {str(c): vars(r) | {"throughput": r.throughput} for c, r in v.items()} for k, v in results.items()},
+            "ratios": ratios, "accuracy": accuracy,
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
