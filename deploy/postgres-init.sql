@@ -1,2 +1,3 @@
--- The Dagster database is created by POSTGRES_DB; MLflow gets its own.
+-- The Dagster database is created by POSTGRES_DB; MLflow and the prediction log get their own.
 CREATE DATABASE mlflow;
+CREATE DATABASE predictions;
