@@ -55,38 +55,38 @@ def foundation_model(
     Records what was loaded (parameters, config, tokenizer, weights hash) and how far the frozen embeddings
     already get: a linear probe on the eval suite is the baseline every later stage has to beat.
     """
-    splits = read_splits(artifact_store.latest("labelled_data"))
-    spec = FoundationSource(config.source, config.allow_download)
-    resolved = resolve_source(spec)
-    tokenizer = load_tokenizer(resolved, config.allow_download)
-    encoder = load_encoder(resolved, config.allow_download)
-
-    schema = splits.train.schema
-    embeddings = {
-        name: embed_texts(encoder, tokenizer, splits.by_name()[name].texts, config.probe_max_length)
-        for name in ("train", "test")
-    }
-    probe = linear_probe(
-        embeddings["train"], np.asarray(splits.train.labels),
-        embeddings["test"], np.asarray(splits.test.labels), schema.names, seed=0,
-    )
-
-    directory = artifact_store.version_dir("foundation_model", context.run_id)
-    extra = {f"eval_suite/{name}.jsonl": jsonl_bytes(splits.by_name()[name]) for name in EVAL_SUITE_SPLITS}
-    extra["eval_suite/label_schema.json"] = json.dumps(schema.to_json(), indent=2).encode()
-    extra["reports/linear_probe.json"] = json.dumps(probe.to_json(), indent=2).encode()
-    provenance = capture_provenance(
-        stage="foundation",
-        config=config.model_dump(),
-        seeds={"split": splits.seed, "probe": 0},
-        data_hashes=splits.hashes(),
-        parent_bundle=None,
-        extra={"resolved_source": resolved},
-    )
-    manifest = write_bundle(directory / "bundle", model=encoder, tokenizer=tokenizer, provenance=provenance, extra_files=extra)
-    info = describe_foundation(spec, resolved, encoder, tokenizer, Path(manifest.path / "model" / "model.safetensors"))
-
+    # The tracked run spans the whole stage, so its wall-clock is the stage's measured compute.
     with mlflow.run_for_asset(context) as tracker:
+        splits = read_splits(artifact_store.latest("labelled_data"))
+        spec = FoundationSource(config.source, config.allow_download)
+        resolved = resolve_source(spec)
+        tokenizer = load_tokenizer(resolved, config.allow_download)
+        encoder = load_encoder(resolved, config.allow_download)
+
+        schema = splits.train.schema
+        embeddings = {
+            name: embed_texts(encoder, tokenizer, splits.by_name()[name].texts, config.probe_max_length)
+            for name in ("train", "test")
+        }
+        probe = linear_probe(
+            embeddings["train"], np.asarray(splits.train.labels),
+            embeddings["test"], np.asarray(splits.test.labels), schema.names, seed=0,
+        )
+
+        directory = artifact_store.version_dir("foundation_model", context.run_id)
+        extra = {f"eval_suite/{name}.jsonl": jsonl_bytes(splits.by_name()[name]) for name in EVAL_SUITE_SPLITS}
+        extra["eval_suite/label_schema.json"] = json.dumps(schema.to_json(), indent=2).encode()
+        extra["reports/linear_probe.json"] = json.dumps(probe.to_json(), indent=2).encode()
+        provenance = capture_provenance(
+            stage="foundation",
+            config=config.model_dump(),
+            seeds={"split": splits.seed, "probe": 0},
+            data_hashes=splits.hashes(),
+            parent_bundle=None,
+            extra={"resolved_source": resolved},
+        )
+        manifest = write_bundle(directory / "bundle", model=encoder, tokenizer=tokenizer, provenance=provenance, extra_files=extra)
+        info = describe_foundation(spec, resolved, encoder, tokenizer, Path(manifest.path / "model" / "model.safetensors"))
         tracker.log_params({f"foundation.{k}": v for k, v in asdict(info).items()})
         tracker.log_metrics({**probe.summary("probe_test_"), "parameter_count": float(info.parameter_count)})
         log_split_inputs(tracker, splits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,6 +29,23 @@ class MlflowTracking(dg.ConfigurableResource):
     @contextmanager
     def run_for_asset(self, context: dg.AssetExecutionContext) -> Iterator[MlflowRunTracker]:
         asset_key = context.asset_key.to_user_string()
-        tags = {"dagster.run_id": context.run_id, "dagster.asset_key": asset_key, "dagster.job": context.job_name}
+        tags = {
+            "dagster.run_id": context.run_id,
+            "dagster.asset_key": asset_key,
+            "dagster.job": context.job_name,
+            **device_tags(),
+        }
         with start_tracked_run(self.settings(), run_name=f"{asset_key}-{context.run_id[:8]}", tags=tags) as tracker:
             yield tracker
+
+
+def device_tags() -> dict[str, str]:
+    """What the stage runs on, so the cost report prices measured device-hours: a known GPU model, or CPU cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0).lower()
+        # an unknown GPU model is tagged by name; the cost report then asks for its price instead of guessing
+        kind = "h100" if "h100" in name else "a100" if "a100" in name else name.replace(" ", "-")
+        return {"tlp.device_type": kind, "tlp.device_count": str(torch.cuda.device_count())}
+    return {"tlp.device_type": "cpu", "tlp.device_count": str(len(os.sched_getaffinity(0)))}

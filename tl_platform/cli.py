@@ -1,4 +1,4 @@
-"""`tlp`: run the main job, open the UIs, check data and bundles, list tracked runs.
+"""`tlp`: run the main job, open the UIs, check data and bundles, list tracked runs, plan and report, serve.
 
 Orchestration commands shell out to the ``dagster`` and ``mlflow`` executables, so the library itself never
 imports Dagster. Local state lives under TLP_HOME (default ``.tlp`` in the working directory).
@@ -167,6 +167,129 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Measure the data, walk the decision tree, print the plan; write the main job's run config with --write."""
+    from tl_platform.data import DatasetSource, DataValidationError, LabelSchema, SplitFractions, stratified_split
+    from tl_platform.data.bundled import bundled_source
+    from tl_platform.data.loading import load_labelled_text
+    from tl_platform.economics.decision import PlanSettings, plan_transfer
+    from tl_platform.economics.documents import plan_document
+    from tl_platform.economics.measurements import bundled_reference_texts, encoder_embedder
+    from tl_platform.economics.render import to_markdown
+    from tl_platform.models.foundation import (
+        DEFAULT_FOUNDATION_SOURCE,
+        FoundationSource,
+        FoundationSourceError,
+        load_encoder,
+        load_tokenizer,
+        resolve_source,
+    )
+
+    try:
+        if args.data:
+            if not args.labels:
+                raise ValueError("--labels is required with --data (the allowed label values, comma-separated)")
+            source = DatasetSource(
+                path=args.data, schema=LabelSchema(labels=tuple(args.labels.split(","))),
+                text_column=args.text_column, label_column=args.label_column, format=args.format,
+            )
+        else:
+            source = bundled_source(args.domain)
+        dataset = load_labelled_text(source)
+        # the labelled_data asset's default split: domain adaptation trains on the texts of its train split
+        train = stratified_split(dataset, SplitFractions(), args.split_seed).train
+        settings = PlanSettings(
+            latency_sla_ms=args.latency_sla_ms, daily_requests=args.daily_requests,
+            tasks_sharing_backbone=args.tasks, api_latency_ms=args.api_latency_ms,
+            far_threshold=args.far_threshold, max_texts_per_domain=args.max_texts,
+        )
+        spec = FoundationSource(args.foundation or DEFAULT_FOUNDATION_SOURCE)
+        resolved = resolve_source(spec)
+        encoder = load_encoder(resolved)
+        tokenizer = load_tokenizer(resolved)
+        parameters = sum(p.numel() for p in encoder.parameters())
+        plan = plan_transfer(
+            texts=dataset.texts, labels=dataset.labels, class_names=dataset.schema.names,
+            unlabelled_texts=len(train), references=bundled_reference_texts(),
+            embed=encoder_embedder(encoder, tokenizer, args.max_length),
+            pretrained_model=f"{spec.source} ({encoder.config.model_type}, {parameters:,} parameters)",
+            settings=settings,
+        )
+    except (DataValidationError, FoundationSourceError, ValueError) as err:
+        print(f"tlp: {err}", file=sys.stderr)
+        return 1
+    payload = plan.to_json()
+    print(to_markdown(plan_document(payload)))
+    if args.write:
+        if payload["run_config"] is None:
+            print(f"tlp: no run config to write: the main job runs neither {plan.recommended.label} nor "
+                  f"{plan.runner_up.label}", file=sys.stderr)
+            return 1
+        _write_run_config(Path(args.write), payload["run_config"])
+        print(f"tlp: wrote {args.write}; run it with `tlp run --config {args.write}`")
+    return 0
+
+
+def _write_run_config(path: Path, config: dict[str, object]) -> None:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    else:
+        path.write_text(json.dumps(config, indent=2))
+
+
+PROPOSAL_SELECTION = "transfer_plan,cost_report,roi_curve"
+
+
+def report_run_config(args: argparse.Namespace) -> RunConfig:
+    """Run config of the three proposal assets: a file's, with the monitoring loop's owner from --owner."""
+    config: RunConfig = {"ops": {}}
+    if args.config:
+        config["ops"].update(_load_config_file(Path(args.config)).get("ops", {}))
+    if args.owner:
+        config["ops"].setdefault("roi_curve", {"config": {}}).setdefault("config", {})["monitoring_owner"] = args.owner
+    return config
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Render the published plan, cost report and ROI curve to one HTML page; --materialise makes them first."""
+    from tl_platform.economics.report import ProposalIncompleteError, load_proposal, render_proposal_html
+
+    if args.materialise:
+        if not args.owner and not args.config:
+            raise SystemExit("tlp: --materialise needs --owner NAME (who owns the monitoring loop) or a --config file")
+        env = _environment()
+        config_path = Path(env["TLP_HOME"]) / "last_report_config.json"
+        config_path.write_text(json.dumps(report_run_config(args), indent=2))
+        command = [
+            _executable("dagster"), "asset", "materialize", "-m", "definitions",
+            "--select", PROPOSAL_SELECTION, "-c", str(config_path),
+        ]
+        print(f"tlp: {' '.join(command)}  (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
+        completed = subprocess.run(command, env=env, check=False)
+        if completed.returncode != 0:
+            return completed.returncode
+    root = Path(args.artifacts) if args.artifacts else Path(os.environ.get("TLP_ARTIFACT_ROOT") or _home() / "artifacts")
+    try:
+        proposal = load_proposal(root)
+    except ProposalIncompleteError as err:
+        print(f"tlp: {err}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_proposal_html(proposal), encoding="utf-8")
+    print(f"tlp: wrote {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the deployment record's champion (and challenger) until stopped; see tl_platform.serving."""
+    from tl_platform.serving.server import serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlp", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +331,39 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--experiment", default="tl_platform")
     runs.add_argument("--metrics", nargs="*", default=["test_accuracy", "perplexity_after", "probe_test_accuracy"])
     runs.set_defaults(func=cmd_runs)
+
+    plan = sub.add_parser("plan", help="the transfer plan: which recipe, why, and the run config that carries it out")
+    plan.add_argument("--domain", default="amazon", choices=("amazon", "yelp", "imdb"), help="bundled domain")
+    plan.add_argument("--data", help="your labelled data (csv, tsv, jsonl, parquet) instead of a bundled domain")
+    plan.add_argument("--labels", help="with --data: comma-separated allowed label values")
+    plan.add_argument("--text-column", default="text")
+    plan.add_argument("--label-column", default="label")
+    plan.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"))
+    plan.add_argument("--split-seed", type=int, default=42, help="the labelled_data split seed")
+    plan.add_argument("--foundation", help="package:<module>, a model directory or a hub id")
+    plan.add_argument("--latency-sla-ms", type=float, default=500.0)
+    plan.add_argument("--daily-requests", type=float, default=10_000.0)
+    plan.add_argument("--tasks", type=int, default=1, help="tasks or tenants sharing the backbone")
+    plan.add_argument("--api-latency-ms", type=float, default=1500.0, help="assumed p95 latency of a frontier API")
+    plan.add_argument("--far-threshold", type=float, default=1.4, help="relative domain distance counted as far")
+    plan.add_argument("--max-texts", type=int, default=300, help="texts embedded per domain")
+    plan.add_argument("--max-length", type=int, default=64, help="tokens per text for the embeddings")
+    plan.add_argument("--write", help="write the main job's run config here (.json or .yaml) for tlp run --config")
+    plan.set_defaults(func=cmd_plan)
+
+    report = sub.add_parser("report", help="the proposal: plan, cost comparison and ROI curve as one HTML page")
+    report.add_argument("--out", default="proposal.html", help="the HTML file to write")
+    report.add_argument("--artifacts", help="artifact store root (default TLP_ARTIFACT_ROOT or TLP_HOME/artifacts)")
+    report.add_argument("--materialise", action="store_true", help="materialise the three assets first (dagster)")
+    report.add_argument("--owner", help="with --materialise: who owns the monitoring loop (required by roi_curve)")
+    report.add_argument("--config", help="with --materialise: a run config file for the three assets")
+    report.set_defaults(func=cmd_report)
+
+    serve = sub.add_parser("serve", help="the prediction API (FastAPI, ONNX Runtime) on a deployment record")
+    from tl_platform.serving.server import add_serve_arguments
+
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

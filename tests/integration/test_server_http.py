@@ -1,0 +1,145 @@
+"""The real server over HTTP: uvicorn in a subprocess on a tiny exported bundle.
+
+Every request answered 200 is in the prediction log even when the server is SIGKILLed mid-traffic (group
+commit before the reply), and moving the deployment record swaps the model with no failed request.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving_fixtures import ServingBundles, serving_bundles, write_record
+from tl_platform.serving.prediction_log import PredictionLog
+
+__all__ = ["serving_bundles"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start(deployment: Path, log_url: str, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tl_platform.serving", "--deployment", str(deployment), "--log-url", log_url,
+               "--port", str(port), "--batch-workers", "2", "--max-wait-ms", "2", "--reload-interval-s", "0.1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    stderr = (tmp_path / f"server-{port}.log").open("wb")
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stderr, stderr=stderr)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited with {server.returncode}: {(tmp_path / f'server-{port}.log').read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise AssertionError("server did not become ready in 60 s")
+
+
+@pytest.fixture
+def served(serving_bundles: ServingBundles, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path, str]]:
+    deployment = write_record(tmp_path / "deployment.json", serving_bundles.exported, version="1")
+    log_url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    port = _free_port()
+    server = _start(deployment, log_url, port, tmp_path)
+    yield server, f"http://127.0.0.1:{port}", deployment, log_url
+    if server.poll() is None:
+        server.kill()
+        server.wait(10)
+
+
+def test_every_answered_request_survives_sigkill(served: tuple[subprocess.Popen[bytes], str, Path, str]) -> None:
+    server, base, _, log_url = served
+    answered: list[str] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        with httpx.Client(base_url=base, timeout=5) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    response = http.post("/predict", json={"texts": [f"worker {worker} says great phone {i}", "bad"], "unit_id": f"w{worker}"})
+                except httpx.TransportError as err:  # expected once the server is killed
+                    with lock:
+                        failures.append(type(err).__name__)
+                    return
+                if response.status_code == 200:
+                    with lock:
+                        answered.append(response.json()["request_id"])
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert server.returncode == -signal.SIGKILL
+    assert len(answered) >= 20, f"only {len(answered)} requests answered before the kill"
+    log = PredictionLog(log_url)
+    logged = {row["request_id"] for row in log.rows("served")}
+    missing = [rid for rid in answered if rid not in logged]
+    assert missing == [], f"{len(missing)} of {len(answered)} answered requests are not in the log"
+    print(f"answered {len(answered)} requests in 1.5 s before SIGKILL; all in the log ({len(logged)} logged)")
+    assert all(log.served_row(rid, 1) is not None for rid in answered[:10])  # both texts of a request
+    log.engine.dispose()
+
+
+def test_moving_the_record_swaps_the_model_without_a_failed_request(
+    served: tuple[subprocess.Popen[bytes], str, Path, str], serving_bundles: ServingBundles
+) -> None:
+    server, base, deployment, _ = served
+    statuses: list[int] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            while not stop.is_set():
+                response = http.post("/predict", json={"text": "the screen is lovely"})
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    versions.append(response.json()["model_version"])
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.7)
+    write_record(deployment, serving_bundles.exported, version="2")
+    deadline = time.monotonic() + 15
+    while (not versions or versions[-1] != "2") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+    thread.join(15)
+    assert len(statuses) > 20 and set(statuses) == {200}
+    assert versions[0] == "1" and versions[-1] == "2"
+    switch = versions.index("2")
+    assert set(versions[:switch]) == {"1"} and set(versions[switch:]) == {"2"}  # one clean switch
+    ready = httpx.get(f"{base}/readyz").json()
+    assert ready["champion_version"] == "2"
+    server.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
+    assert server.wait(20) == -signal.SIGTERM
+    server_log = next(deployment.parent.glob("server-*.log")).read_text()
+    assert "Traceback" not in server_log, server_log

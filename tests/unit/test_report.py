@@ -1,0 +1,177 @@
+"""The proposal report: documents, renderers, plots, the HTML page, and the `tlp plan` and `tlp report` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_costs import RUNS
+from tests.unit.test_decision import bag_of_words
+from tl_platform.cli import build_parser, main, report_run_config, run_config_from_args
+from tl_platform.data.bundled import SENTIMENT_SCHEMA, bundled_source
+from tl_platform.data.loading import load_labelled_text
+from tl_platform.economics.cost_report import CostSettings, build_cost_report
+from tl_platform.economics.decision import PlanSettings, plan_transfer
+from tl_platform.economics.documents import cost_document, plan_document, roi_document
+from tl_platform.economics.measurements import bundled_reference_texts
+from tl_platform.economics.plots import plot_cost_comparison, plot_roi_curve
+from tl_platform.economics.render import Bullets, Code, Heading, Paragraph, Table, to_html, to_markdown
+from tl_platform.economics.report import (
+    COST_PLOT,
+    COST_RECORD,
+    PLAN_RECORD,
+    ROI_PLOT,
+    ROI_RECORD,
+    ProposalIncompleteError,
+    load_proposal,
+    render_proposal_html,
+    write_record,
+)
+from tl_platform.economics.roi import RoiInputs, roi_model
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def records() -> dict[str, dict[str, object]]:
+    dataset = load_labelled_text(bundled_source("amazon"))
+    plan = plan_transfer(
+        dataset.texts, dataset.labels, SENTIMENT_SCHEMA.names, 693, bundled_reference_texts(), bag_of_words,
+        "test encoder", PlanSettings(),
+    )
+    costs = build_cost_report(RUNS, CostSettings())
+    roi = roi_model(RoiInputs("Ada <b>Lovelace</b>", setup_cost_usd=costs.setup_cost_usd,
+                              monthly_cost_usd=costs.monthly_running_cost_usd))
+    return {"plan": plan.to_json(), "costs": costs.to_json(), "roi": roi.to_json(), "_costs": costs, "_roi": roi}  # type: ignore[dict-item]
+
+
+@pytest.fixture(scope="module")
+def published(records: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact store root holding the three assets' published outputs, as the assets write them."""
+    root = tmp_path_factory.mktemp("artifacts")
+    for asset, files in (
+        ("transfer_plan", {PLAN_RECORD: records["plan"]}),
+        ("cost_report", {COST_RECORD: records["costs"]}),
+        ("roi_curve", {ROI_RECORD: records["roi"]}),
+    ):
+        directory = root / asset / "run-1"
+        for name, payload in files.items():
+            write_record(directory, name, payload)  # type: ignore[arg-type]
+        (root / asset / "LATEST.json").write_text(json.dumps({"path": str(directory), "run_id": "run-1"}))
+    plot_cost_comparison(records["_costs"], root / "cost_report" / "run-1" / COST_PLOT)  # type: ignore[arg-type]
+    plot_roi_curve(records["_roi"], root / "roi_curve" / "run-1" / ROI_PLOT)  # type: ignore[arg-type]
+    return root
+
+
+def test_blocks_render_to_markdown_and_escaped_html() -> None:
+    blocks = [Heading("Plan <1>"), Paragraph("a & b"), Bullets(("x", "y")), Table(("k", "v"), (("a|b", "<i>"),)),
+              Code('{"a": 1}', "json")]
+    assert to_markdown(blocks) == (
+        '### Plan <1>\n\na & b\n\n- x\n- y\n\n| k | v |\n| --- | --- |\n| a\\|b | <i> |\n\n```json\n{"a": 1}\n```\n'
+    )
+    page = to_html(blocks)
+    assert "<h3>Plan &lt;1&gt;</h3>" in page and "<p>a &amp; b</p>" in page
+    assert "<td>a|b</td><td>&lt;i&gt;</td>" in page and "<pre><code>{&quot;a&quot;: 1}</code></pre>" in page
+    with pytest.raises(ValueError, match=r"table row \('a',\) has 1 cells for 2 columns"):
+        Table(("k", "v"), (("a",),))
+
+
+def test_documents_state_the_decision_the_costs_and_the_breakeven(records: dict[str, object]) -> None:
+    plan = to_markdown(plan_document(records["plan"]))  # type: ignore[arg-type]
+    assert plan.startswith("### Recommended: LoRA fine-tuning\n\nRunner-up to benchmark against: full fine-tuning.")
+    assert "| labelled examples | 990 (negative 497, positive 493) |" in plan
+    assert '"method": "lora"' in plan and '"enabled": false' in plan
+    assert "Runs LoRA fine-tuning; save it and pass it to tlp run --config." in plan
+    costs = to_markdown(cost_document(records["costs"]))  # type: ignore[arg-type]
+    assert "### Alternatives at 7B parameters (estimated)" in costs
+    assert "| pretraining from scratch | 2e+12 | 8.4e+22 | 186,966 | $373,932 |" in costs
+    assert "| task_model | task_model-3 | 3,600.0 | cpu x 2 | 2.0000 | $0.08 |" in costs
+    assert "| crossover (requests a day) | 126,312 |" in costs
+    roi = to_markdown(roi_document(records["roi"]))  # type: ignore[arg-type]
+    assert roi.startswith("### Breakeven month 5, year-1 ROI ")
+    assert "| 0 |  | $80,000 | -$80,000 | -$80,000 |" in roi
+
+
+def test_a_prompting_plan_says_the_main_job_trains_its_benchmark() -> None:
+    from tests.unit.test_decision import few_per_class
+
+    dataset = load_labelled_text(bundled_source("amazon"))
+    texts, labels = few_per_class(dataset.texts, dataset.labels, 30)
+    plan = plan_transfer(texts, labels, SENTIMENT_SCHEMA.names, 42, bundled_reference_texts(), bag_of_words,
+                         "test encoder", PlanSettings(latency_sla_ms=2000.0, daily_requests=1000.0))
+    text = to_markdown(plan_document(plan.to_json()))
+    assert "### Recommended: prompting a frontier model" in text
+    assert "Runs LoRA fine-tuning, the runner-up, as the benchmark for prompting a frontier model;" in text
+
+
+def test_plots_are_pngs(published: Path) -> None:
+    for path in (published / "cost_report" / "run-1" / COST_PLOT, published / "roi_curve" / "run-1" / ROI_PLOT):
+        data = path.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+
+
+def test_the_proposal_page_holds_three_sections_and_both_plots(published: Path) -> None:
+    page = render_proposal_html(load_proposal(published))
+    assert page.startswith("<!DOCTYPE html>")
+    assert [s in page for s in ("1. The plan", "2. The cost comparison", "3. The return on investment")] == [True] * 3
+    assert page.count('src="data:image/png;base64,') == 2
+    assert "Recommended: LoRA fine-tuning" in page and "Breakeven month 5" in page
+    assert "Ada &lt;b&gt;Lovelace&lt;/b&gt;" in page and "<b>Lovelace" not in page
+
+
+def test_tlp_report_writes_the_page_and_names_what_is_missing(
+    published: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "proposal.html"
+    assert main(["report", "--artifacts", str(published), "--out", str(out)]) == 0
+    assert out.read_text().count("data:image/png;base64,") == 2
+    assert main(["report", "--artifacts", str(tmp_path / "empty"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no published output of 'transfer_plan'" in err and "materialise transfer_plan, cost_report and roi_curve" in err
+    with pytest.raises(SystemExit, match=r"--materialise needs --owner NAME"):
+        main(["report", "--materialise"])
+
+
+def test_a_published_directory_without_its_record_is_named(tmp_path: Path) -> None:
+    for asset in ("transfer_plan", "cost_report", "roi_curve"):
+        (tmp_path / asset / "r").mkdir(parents=True)
+        (tmp_path / asset / "LATEST.json").write_text(json.dumps({"path": str(tmp_path / asset / "r")}))
+    with pytest.raises(ProposalIncompleteError, match=r"holds no transfer_plan\.json"):
+        load_proposal(tmp_path)
+
+
+def test_report_run_config_sets_the_owner_over_a_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"ops": {"cost_report": {"config": {"a100_hour_usd": 1.2}}}}))
+    args = build_parser().parse_args(["report", "--materialise", "--owner", "Grace", "--config", str(config_file)])
+    assert report_run_config(args) == {
+        "ops": {"cost_report": {"config": {"a100_hour_usd": 1.2}}, "roi_curve": {"config": {"monitoring_owner": "Grace"}}}
+    }
+
+
+def test_tlp_plan_prints_the_plan_and_writes_a_run_config_tlp_run_reads(
+    tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "plan.yaml"
+    code = main(["plan", "--foundation", str(tiny_bert_dir), "--max-texts", "60", "--write", str(target)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("### Recommended: ") and "| labelled examples | 990 (negative 497, positive 493) |" in out
+    ops = run_config_from_args(build_parser().parse_args(["run", "--config", str(target)]))["ops"]
+    printed = json.loads(out.split("```json\n", 1)[1].split("\n```", 1)[0])
+    assert ops == printed["ops"]
+    assert set(ops) == {"domain_adapted_model", "task_model"}
+    assert ops["task_model"]["config"]["method"] in ("lora", "full")
+
+
+def test_tlp_plan_names_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--data", str(tmp_path / "d.csv")]) == 1
+    assert "--labels is required with --data" in capsys.readouterr().err
+    bad = tmp_path / "d.csv"
+    bad.write_text("text,label\ngood,1\nmeh,2\n")
+    assert main(["plan", "--data", str(bad), "--labels", "0,1"]) == 1
+    assert "line 3: label '2' is not in the schema's label set ['0', '1']" in capsys.readouterr().err
+    assert main(["plan", "--latency-sla-ms", "0", "--foundation", str(tmp_path / "missing")]) == 1
+    assert "PlanSettings.latency_sla_ms must be > 0, got 0.0" in capsys.readouterr().err

@@ -1,0 +1,358 @@
+"""The transfer decision tree: which recipe, from inputs measured on the data, with its reasons and runner-up.
+
+The tree, in the order it is walked:
+
+1. No pretrained model for the modality: train from scratch (runner-up: prompting a frontier model).
+2. Fewer than ``few_labels_per_class`` labelled examples in the smallest class: too few to fine-tune and
+   validate reliably. Prompt a frontier model when its latency fits the SLA and the daily volume is below the
+   API/self-host crossover (runner-up: LoRA); otherwise LoRA, which trains the fewest weights (runner-up:
+   prompting, benchmarked offline).
+3. The target is far from general text (relative embedding distance at or above ``far_threshold``, see
+   ``measurements``) and there are at least ``min_unlabelled_texts_for_adaptation`` unlabelled in-domain texts:
+   domain-adaptive pretraining, then fine-tuning chosen by step 4 (runner-up: the same fine-tuning without it).
+4. Fine-tuning method. Several tasks or tenants share the backbone: LoRA, one frozen backbone with an adapter
+   per task (runner-up: full). A single task with at least ``full_fine_tune_min_per_class`` examples in its
+   smallest class: full fine-tuning (runner-up: LoRA). Otherwise LoRA (runner-up: prompting when the API is
+   allowed, else full fine-tuning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tl_platform.economics.costs import PriceTable, require_positive
+from tl_platform.economics.measurements import (
+    DEFAULT_FAR_THRESHOLD,
+    DEFAULT_MAX_TEXTS_PER_DOMAIN,
+    MIN_TARGET_TEXTS,
+    DomainDistance,
+    Embedder,
+    LabelCounts,
+    count_labels,
+    measure_domain_distance,
+)
+from tl_platform.economics.serving import ApiPricing, SelfHosting, serving_costs
+
+RECIPES = ("prompting", "lora", "full_fine_tune", "dapt_then_fine_tune", "from_scratch")
+FINE_TUNE_METHODS = ("lora", "full")
+_LABELS = {
+    "prompting": "prompting a frontier model",
+    "lora": "LoRA fine-tuning",
+    "full_fine_tune": "full fine-tuning",
+    "from_scratch": "training from scratch",
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe; fine-tuning recipes carry their method (``lora`` or ``full``)."""
+
+    name: str
+    fine_tune_method: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in RECIPES:
+            raise ValueError(f"Recipe.name must be one of {list(RECIPES)}, got {self.name!r}")
+        expected = {"lora": "lora", "full_fine_tune": "full"}.get(self.name)
+        if expected is not None and self.fine_tune_method not in (None, expected):
+            raise ValueError(f"Recipe {self.name!r} fine-tunes with {expected!r}, got {self.fine_tune_method!r}")
+        if expected is not None:
+            object.__setattr__(self, "fine_tune_method", expected)
+        if self.name == "dapt_then_fine_tune" and self.fine_tune_method not in FINE_TUNE_METHODS:
+            raise ValueError(f"Recipe.fine_tune_method must be one of {list(FINE_TUNE_METHODS)} after domain adaptation")
+        if self.name in ("prompting", "from_scratch") and self.fine_tune_method is not None:
+            raise ValueError(f"Recipe {self.name!r} takes no fine_tune_method")
+
+    @property
+    def domain_adaptation(self) -> bool:
+        return self.name == "dapt_then_fine_tune"
+
+    @property
+    def trainable_by_main_job(self) -> bool:
+        return self.fine_tune_method is not None
+
+    @property
+    def label(self) -> str:
+        if self.name == "dapt_then_fine_tune":
+            return f"domain-adaptive pretraining, then {_LABELS['lora' if self.fine_tune_method == 'lora' else 'full_fine_tune']}"
+        return _LABELS[self.name]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "fine_tune_method": self.fine_tune_method, "label": self.label,
+                "domain_adaptation": self.domain_adaptation}
+
+
+def fine_tune_recipe(method: str) -> Recipe:
+    return Recipe("lora") if method == "lora" else Recipe("full_fine_tune")
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Config of the plan: the service's constraints and the tree's thresholds.
+
+    Attributes:
+        latency_sla_ms: the p95 latency the service must meet.
+        daily_requests: the planned daily volume.
+        tasks_sharing_backbone: tasks or tenants that will share one backbone (1 = this task alone).
+        api_latency_ms: assumed p95 latency of a frontier-model API for a short classification prompt.
+        few_labels_per_class: below this many examples in the smallest class, prompting is the baseline to beat.
+        full_fine_tune_min_per_class: from this many in the smallest class, a single task fine-tunes every weight.
+        min_unlabelled_texts_for_adaptation: unlabelled in-domain texts domain-adaptive pretraining needs.
+        far_threshold: relative domain distance from which the target counts as far (see ``measurements``).
+        max_texts_per_domain: texts embedded per domain (a seeded sample beyond it).
+        seed: of that sample.
+        api, hosting, prices: the serving cost model the API/self-host crossover comes from.
+    """
+
+    latency_sla_ms: float = 500.0
+    daily_requests: float = 10_000.0
+    tasks_sharing_backbone: int = 1
+    api_latency_ms: float = 1500.0
+    few_labels_per_class: int = 100
+    full_fine_tune_min_per_class: int = 5000
+    min_unlabelled_texts_for_adaptation: int = 500
+    far_threshold: float = DEFAULT_FAR_THRESHOLD
+    max_texts_per_domain: int = DEFAULT_MAX_TEXTS_PER_DOMAIN
+    seed: int = 0
+    api: ApiPricing = field(default_factory=ApiPricing)
+    hosting: SelfHosting = field(default_factory=SelfHosting)
+    prices: PriceTable = field(default_factory=PriceTable)
+
+    def __post_init__(self) -> None:
+        for name in ("latency_sla_ms", "daily_requests", "api_latency_ms", "far_threshold"):
+            require_positive("PlanSettings", name, getattr(self, name))
+        for name in ("tasks_sharing_backbone", "few_labels_per_class", "max_texts_per_domain"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PlanSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.full_fine_tune_min_per_class <= self.few_labels_per_class:
+            raise ValueError(
+                f"PlanSettings.full_fine_tune_min_per_class must be > few_labels_per_class={self.few_labels_per_class}, "
+                f"got {self.full_fine_tune_min_per_class}"
+            )
+        if self.min_unlabelled_texts_for_adaptation < 0:
+            raise ValueError(
+                f"PlanSettings.min_unlabelled_texts_for_adaptation must be >= 0, got {self.min_unlabelled_texts_for_adaptation}"
+            )
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the tree decides on; everything but the service constraints is measured."""
+
+    pretrained_model: str | None
+    labels: LabelCounts
+    unlabelled_texts: int
+    domain: DomainDistance | None
+    tasks_sharing_backbone: int
+    latency_sla_ms: float
+    daily_requests: float
+    api_latency_ms: float
+    crossover_daily_requests: float | None
+
+    @property
+    def api_fits_latency(self) -> bool:
+        return self.api_latency_ms <= self.latency_sla_ms
+
+    @property
+    def api_cheaper_at_volume(self) -> bool:
+        return self.crossover_daily_requests is None or self.daily_requests < self.crossover_daily_requests
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pretrained_model": self.pretrained_model,
+            "labels": self.labels.to_json(),
+            "unlabelled_texts": self.unlabelled_texts,
+            "domain": self.domain.to_json() if self.domain else None,
+            "tasks_sharing_backbone": self.tasks_sharing_backbone,
+            "latency_sla_ms": self.latency_sla_ms,
+            "daily_requests": self.daily_requests,
+            "api_latency_ms": self.api_latency_ms,
+            "crossover_daily_requests": self.crossover_daily_requests,
+            "api_fits_latency": self.api_fits_latency,
+            "api_cheaper_at_volume": self.api_cheaper_at_volume,
+        }
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    recommended: Recipe
+    runner_up: Recipe
+    reasons: tuple[str, ...]
+    assumptions: tuple[str, ...]
+    inputs: PlanInputs
+
+    def to_json(self) -> dict[str, Any]:
+        configured = configured_recipe(self)
+        return {
+            "recommended": self.recommended.to_json(),
+            "runner_up": self.runner_up.to_json(),
+            "reasons": list(self.reasons),
+            "assumptions": list(self.assumptions),
+            "inputs": self.inputs.to_json(),
+            "run_config": run_config_for(self),
+            "run_config_recipe": configured.to_json() if configured else None,
+        }
+
+
+def _api_reason(inputs: PlanInputs) -> str:
+    crossover = "none" if inputs.crossover_daily_requests is None else f"{inputs.crossover_daily_requests:,.0f}"
+    return (
+        f"API latency {inputs.api_latency_ms:g} ms {'fits' if inputs.api_fits_latency else 'exceeds'} the "
+        f"{inputs.latency_sla_ms:g} ms SLA; {inputs.daily_requests:,.0f} requests a day are "
+        f"{'below' if inputs.api_cheaper_at_volume else 'above'} the API/self-host crossover ({crossover} a day)"
+    )
+
+
+def _choose_method(inputs: PlanInputs, settings: PlanSettings) -> tuple[Recipe, Recipe, str]:
+    smallest = inputs.labels.smallest_class
+    api_allowed = inputs.api_fits_latency and inputs.api_cheaper_at_volume
+    if inputs.tasks_sharing_backbone >= 2:
+        return Recipe("lora"), Recipe("full_fine_tune"), (
+            f"{inputs.tasks_sharing_backbone} tasks share the backbone: one frozen backbone with an adapter per task"
+        )
+    if smallest >= settings.full_fine_tune_min_per_class:
+        return Recipe("full_fine_tune"), Recipe("lora"), (
+            f"a single task with {smallest:,} examples in its smallest class (>= {settings.full_fine_tune_min_per_class:,}): "
+            "enough data to move every weight"
+        )
+    runner = Recipe("prompting") if api_allowed else Recipe("full_fine_tune")
+    return Recipe("lora"), runner, (
+        f"a single task with {smallest:,} examples in its smallest class ({settings.few_labels_per_class:,} to "
+        f"{settings.full_fine_tune_min_per_class:,}): LoRA matches full fine-tuning at this size for fewer trained weights"
+        + ("" if api_allowed else "; the API is ruled out, so full fine-tuning is the benchmark")
+    )
+
+
+def decide(inputs: PlanInputs, settings: PlanSettings) -> TransferPlan:
+    """Walk the tree (see the module docstring) and say why at every step."""
+    reasons: list[str] = []
+    smallest = inputs.labels.smallest_class
+    api_allowed = inputs.api_fits_latency and inputs.api_cheaper_at_volume
+    if inputs.pretrained_model is None:
+        reasons.append("no pretrained model exists for the modality: there is nothing to transfer from")
+        recommended, runner_up = Recipe("from_scratch"), Recipe("prompting")
+    elif smallest < settings.few_labels_per_class:
+        reasons.append(
+            f"the smallest class has {smallest} labelled examples (< {settings.few_labels_per_class}): too few to "
+            "fine-tune and validate reliably"
+        )
+        reasons.append(_api_reason(inputs))
+        if api_allowed:
+            recommended, runner_up = Recipe("prompting"), Recipe("lora")
+        else:
+            reasons.append("the API is ruled out, so LoRA (fewest trained weights) it is; collect more labels")
+            recommended, runner_up = Recipe("lora"), Recipe("prompting")
+    else:
+        reasons.append(f"pretrained model available: {inputs.pretrained_model}")
+        reasons.append(f"{inputs.labels.total:,} labelled examples, {smallest:,} in the smallest class")
+        domain = inputs.domain
+        if domain is None:
+            raise ValueError(
+                f"PlanInputs.domain is required with {smallest} examples in the smallest class (>= "
+                f"few_labels_per_class={settings.few_labels_per_class}); measure it on at least {MIN_TARGET_TEXTS} texts"
+            )
+        method, method_runner_up, method_reason = _choose_method(inputs, settings)
+        distance = (
+            f"relative domain distance {domain.relative:.2f} against {', '.join(domain.reference_domains)} "
+            f"(threshold {domain.threshold:g})"
+        )
+        enough_text = inputs.unlabelled_texts >= settings.min_unlabelled_texts_for_adaptation
+        if domain.far and enough_text:
+            reasons.append(f"the target is far from general text: {distance}; {inputs.unlabelled_texts:,} unlabelled "
+                           f"in-domain texts (>= {settings.min_unlabelled_texts_for_adaptation:,}) to adapt on")
+            recommended = Recipe("dapt_then_fine_tune", method.fine_tune_method)
+            runner_up = method
+        elif domain.far:
+            reasons.append(f"the target is far from general text: {distance}; but only {inputs.unlabelled_texts:,} "
+                           f"unlabelled texts (< {settings.min_unlabelled_texts_for_adaptation:,}): no domain adaptation")
+            recommended, runner_up = method, Recipe("dapt_then_fine_tune", method.fine_tune_method)
+        else:
+            reasons.append(f"the target is close to general text: {distance}; no domain adaptation")
+            recommended, runner_up = method, method_runner_up
+        reasons.append(method_reason)
+    assumptions = (
+        f"latency SLA {inputs.latency_sla_ms:g} ms and {inputs.daily_requests:,.0f} requests a day (config)",
+        f"frontier API p95 latency {inputs.api_latency_ms:g} ms (assumed)",
+        f"{inputs.tasks_sharing_backbone} task(s) share the backbone (config)",
+        (f"thresholds: few labels < {settings.few_labels_per_class} a class, full fine-tuning from "
+        f"{settings.full_fine_tune_min_per_class:,} a class, domain adaptation from "
+        f"{settings.min_unlabelled_texts_for_adaptation:,} unlabelled texts, far from relative distance "
+        f"{settings.far_threshold:g} (calibrated for MiniLM)"),
+        "crossover from the serving cost model's defaults (API list prices, self-hosted throughput, operations)",
+        "labelled examples are counted over all splits; unlabelled texts are those domain adaptation trains on",
+    )
+    return TransferPlan(recommended, runner_up, tuple(reasons), assumptions, inputs)
+
+
+def measure_plan_inputs(
+    texts: Sequence[str],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    unlabelled_texts: int,
+    references: Mapping[str, Sequence[str]],
+    embed: Embedder | None,
+    pretrained_model: str | None,
+    settings: PlanSettings,
+) -> PlanInputs:
+    """Measure the data: label counts, and the domain distance with the pretrained encoder when there is one."""
+    if (embed is None) != (pretrained_model is None):
+        raise ValueError("give embed and pretrained_model together (a pretrained encoder embeds), or neither")
+    domain = None
+    if embed is not None and len(texts) >= MIN_TARGET_TEXTS:  # fewer: only the few-labels branch can be reached
+        domain = measure_domain_distance(
+            texts, references, embed, settings.far_threshold, settings.max_texts_per_domain, settings.seed
+        )
+    serving = serving_costs(settings.daily_requests, settings.api, settings.hosting, settings.prices)
+    return PlanInputs(
+        pretrained_model=pretrained_model,
+        labels=count_labels(labels, class_names),
+        unlabelled_texts=unlabelled_texts,
+        domain=domain,
+        tasks_sharing_backbone=settings.tasks_sharing_backbone,
+        latency_sla_ms=settings.latency_sla_ms,
+        daily_requests=settings.daily_requests,
+        api_latency_ms=settings.api_latency_ms,
+        crossover_daily_requests=serving.crossover_daily_requests,
+    )
+
+
+def plan_transfer(
+    texts: Sequence[str],
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    unlabelled_texts: int,
+    references: Mapping[str, Sequence[str]],
+    embed: Embedder | None,
+    pretrained_model: str | None,
+    settings: PlanSettings,
+) -> TransferPlan:
+    """Measure, then decide: the entry point of the ``transfer_plan`` asset and ``tlp plan``."""
+    inputs = measure_plan_inputs(
+        texts, labels, class_names, unlabelled_texts, references, embed, pretrained_model, settings
+    )
+    return decide(inputs, settings)
+
+
+def configured_recipe(plan: TransferPlan) -> Recipe | None:
+    """The recipe the main job runs for this plan: the recommended one when the main job can train it, else the
+    runner-up (the benchmark for a prompting recommendation); None when neither is a fine-tuning recipe."""
+    for recipe in (plan.recommended, plan.runner_up):
+        if recipe.trainable_by_main_job:
+            return recipe
+    return None
+
+
+def run_config_for(plan: TransferPlan) -> dict[str, Any] | None:
+    """Dagster run config of the main job for ``configured_recipe``: whether domain adaptation runs, and how
+    the task model is fine-tuned."""
+    recipe = configured_recipe(plan)
+    if recipe is None:
+        return None
+    return {
+        "ops": {
+            "domain_adapted_model": {"config": {"enabled": recipe.domain_adaptation}},
+            "task_model": {"config": {"method": recipe.fine_tune_method}},
+        }
+    }

@@ -1,0 +1,108 @@
+"""The proposal report: the plan, the cost comparison and the ROI curve in one HTML page with the plots inside.
+
+The three assets write their records and plots into their version directories and publish them; the report
+reads what was last published, so it shows exactly what the Dagster UI shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tl_platform.economics.documents import cost_document, plan_document, roi_document
+from tl_platform.economics.render import to_html
+
+PLAN_RECORD = "transfer_plan.json"
+COST_RECORD = "cost_report.json"
+COST_PLOT = "cost_comparison.png"
+ROI_RECORD = "roi_curve.json"
+ROI_PLOT = "roi_curve.png"
+PROPOSAL_ASSETS = ("transfer_plan", "cost_report", "roi_curve")
+MATERIALISE_HINT = (
+    "materialise transfer_plan, cost_report and roi_curve first (the Dagster UI, or `tlp report --materialise "
+    "--owner NAME`)"
+)
+
+
+class ProposalIncompleteError(FileNotFoundError):
+    """An artefact of the proposal was never published; the message names it and how to make it."""
+
+
+def write_record(directory: Path, name: str, payload: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    return path
+
+
+def published_dir(artifacts_root: Path, asset: str) -> Path:
+    """The directory last published for ``asset`` under the artifact store's root (``<root>/<asset>/LATEST.json``)."""
+    pointer = artifacts_root / asset / "LATEST.json"
+    if not pointer.is_file():
+        raise ProposalIncompleteError(f"no published output of {asset!r} under {artifacts_root}; {MATERIALISE_HINT}")
+    path = Path(json.loads(pointer.read_text())["path"])
+    if not path.is_dir():
+        raise ProposalIncompleteError(f"{asset!r} points at {path}, which no longer exists; {MATERIALISE_HINT}")
+    return path
+
+
+@dataclass(frozen=True)
+class Proposal:
+    plan: dict[str, Any]
+    costs: dict[str, Any]
+    roi: dict[str, Any]
+    cost_plot: bytes
+    roi_plot: bytes
+
+
+def _read(directory: Path, name: str) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise ProposalIncompleteError(f"{directory} holds no {name}; {MATERIALISE_HINT}")
+    return path
+
+
+def load_proposal(artifacts_root: Path) -> Proposal:
+    plan_dir, cost_dir, roi_dir = (published_dir(artifacts_root, asset) for asset in PROPOSAL_ASSETS)
+    return Proposal(
+        plan=json.loads(_read(plan_dir, PLAN_RECORD).read_text()),
+        costs=json.loads(_read(cost_dir, COST_RECORD).read_text()),
+        roi=json.loads(_read(roi_dir, ROI_RECORD).read_text()),
+        cost_plot=_read(cost_dir, COST_PLOT).read_bytes(),
+        roi_plot=_read(roi_dir, ROI_PLOT).read_bytes(),
+    )
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+img { max-width: 100%; border: 1px solid #ddd; }
+section { margin-bottom: 2.5em; }
+"""
+
+
+def _image(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def render_proposal_html(proposal: Proposal, title: str = "Transfer-learning proposal") -> str:
+    """One self-contained page: plan with its reasons, cost comparison with its plot, ROI curve with its plot."""
+    sections = (
+        ("1. The plan", to_html(plan_document(proposal.plan)), ""),
+        ("2. The cost comparison", to_html(cost_document(proposal.costs)), _image(proposal.cost_plot, "cost comparison")),
+        ("3. The return on investment", to_html(roi_document(proposal.roi)), _image(proposal.roi_plot, "ROI curve")),
+    )
+    body = "\n".join(
+        f"<section><h2>{html.escape(name)}</h2>\n{picture}\n{content}</section>" for name, content, picture in sections
+    )
+    return (
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )

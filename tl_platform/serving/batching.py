@@ -1,0 +1,197 @@
+"""Dynamic batching with length buckets.
+
+Request handlers submit one tokenised text at a time and get a Future. Worker threads take a batch from one
+(model, length bucket) queue when it is full (``max_batch_size``) or when its oldest text has waited
+``max_wait_ms``; texts of a batch share a bucket, so padding is bounded by the bucket's width. Each future gets
+its own row of the model's output. Items carry their model, so a hot reload needs no draining: texts queued
+for the old model are run on it, new texts on the new one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class BatchModel(Protocol):
+    def infer(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ItemOutput:
+    """One text's logits and sentence embedding, and the size of the batch it ran in."""
+
+    logits: np.ndarray
+    embedding: np.ndarray
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one model call looked like: texts, padded width, and their real token lengths."""
+
+    size: int
+    width: int
+    lengths: tuple[int, ...]
+
+    @property
+    def padding_tokens(self) -> int:
+        return self.size * self.width - sum(self.lengths)
+
+
+@dataclass
+class _Item:
+    model: BatchModel
+    token_ids: Sequence[int]
+    future: Future[ItemOutput]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+BatchObserver = Callable[[BatchStats, float], None]  # (stats, seconds the model call took)
+
+
+class DynamicBatcher:
+    """Length-bucketed dynamic batching over ``workers`` threads.
+
+    ``bucket_edges`` are upper token-length bounds; lengths above the last edge share the last bucket.
+    ``on_batch`` is called after every model call (metrics); ``on_depth`` with the queue depth after each change.
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_ms: float,
+        workers: int,
+        bucket_edges: Sequence[int] = (),
+        on_batch: BatchObserver | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be at least 0, got {max_wait_ms}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.bucket_edges = tuple(bucket_edges)
+        self._workers = workers
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._queues: dict[tuple[int, int], deque[_Item]] = {}
+        self._depth = 0
+        self._condition = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    def bucket_of(self, length: int) -> int:
+        return min(bisect.bisect_left(self.bucket_edges, length), max(len(self.bucket_edges) - 1, 0))
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def start(self) -> None:
+        with self._condition:
+            if self._threads:
+                return
+            self._stopping = False
+            self._threads = [
+                threading.Thread(target=self._work, name=f"tlp-batch-{i}", daemon=True) for i in range(self._workers)
+            ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued, then end the workers."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    def submit(self, model: BatchModel, token_ids: Sequence[int]) -> Future[ItemOutput]:
+        future: Future[ItemOutput] = Future()
+        item = _Item(model, token_ids, future)
+        key = (id(model), self.bucket_of(len(token_ids)))
+        with self._condition:
+            if self._stopping:
+                raise RuntimeError("the batcher is stopped")
+            self._queues.setdefault(key, deque()).append(item)
+            self._depth += 1
+            depth = self._depth
+            self._condition.notify()
+        if self._on_depth is not None:
+            self._on_depth(depth)
+        return future
+
+    def _take(self) -> list[_Item] | None:
+        """Block until a batch is due; None when stopping with nothing left."""
+        with self._condition:
+            while True:
+                now = time.monotonic()
+                due_key: tuple[int, int] | None = None
+                due_since = float("inf")
+                next_deadline = float("inf")
+                for key, queue in self._queues.items():
+                    oldest = queue[0].enqueued
+                    if len(queue) >= self.max_batch_size or now - oldest >= self.max_wait or self._stopping:
+                        if oldest < due_since:
+                            due_key, due_since = key, oldest
+                    else:
+                        next_deadline = min(next_deadline, oldest + self.max_wait)
+                if due_key is not None:
+                    queue = self._queues[due_key]
+                    batch = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
+                    if not queue:
+                        del self._queues[due_key]
+                    self._depth -= len(batch)
+                    if self._queues:
+                        self._condition.notify()  # another batch may be due for another worker
+                    return batch
+                if self._stopping:
+                    return None
+                self._condition.wait(None if next_deadline == float("inf") else max(next_deadline - now, 0.0))
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if self._on_depth is not None:
+                self._on_depth(self._depth)
+            self._run(batch)
+
+    def _run(self, batch: list[_Item]) -> None:
+        token_ids = [item.token_ids for item in batch]
+        started = time.perf_counter()
+        try:
+            logits, embeddings = batch[0].model.infer(token_ids)
+        except Exception as err:  # handed to every waiting request, which answers 500 and counts it
+            logger.exception("model call on a batch of %d failed", len(batch))
+            for item in batch:
+                item.future.set_exception(err)
+            return
+        seconds = time.perf_counter() - started
+        if logits.shape[0] != len(batch) or embeddings.shape[0] != len(batch):
+            error = RuntimeError(f"model returned {logits.shape[0]} rows for a batch of {len(batch)}")
+            for item in batch:
+                item.future.set_exception(error)
+            return
+        for row, item in enumerate(batch):
+            item.future.set_result(ItemOutput(logits[row], embeddings[row], len(batch)))
+        if self._on_batch is not None:
+            stats = BatchStats(len(batch), max(len(t) for t in token_ids), tuple(len(t) for t in token_ids))
+            self._on_batch(stats, seconds)

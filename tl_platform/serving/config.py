@@ -1,0 +1,102 @@
+"""ServingConfig: every setting of the serving process, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+OverlongPolicy = Literal["truncate", "reject"]
+DEFAULT_BUCKET_EDGES: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Settings of one serving process.
+
+    Attributes:
+        deployment: path of the deployment record (JSON) the server reads, and watches for changes.
+        log_url: SQLAlchemy URL of the prediction log (``sqlite:///path.db`` embedded, ``postgresql+psycopg://`` production).
+        intra_op_threads: ONNX Runtime (or torch) intra-op threads per model session, in [1, 64].
+        batch_workers: threads that take batches off the queue and run the model, in [1, 64].
+        max_batch_size: most texts in one model call, in [1, 1024].
+        max_wait_ms: longest a text waits for companions before its batch runs anyway, in [0, 1000].
+        bucket_edges: upper token-length bounds of the length buckets (ascending); texts of one batch come from
+            one bucket, so padding is bounded by the bucket's width. Empty: one bucket (no length bucketing).
+        max_texts_per_request: most texts in one ``POST /predict``, in [1, 10000]; more is refused with 413.
+        max_text_chars: longest accepted text in characters, in [1, 1000000].
+        on_overlong: ``reject`` answers 413 to a text over ``max_text_chars``; ``truncate`` cuts it to that many
+            characters. Either way the tokenizer truncates at the model's max_length, as training did.
+        shadow_workers: threads that score shadow requests on the challenger, in [1, 16].
+        shadow_queue_size: pending shadow requests before new ones are dropped (and counted), in [1, 100000].
+        reload_interval_s: how often the deployment record is checked for changes, in [0.05, 3600].
+        routing_salt: salt of the unit-id hash; change it to reshuffle units between variants.
+        log_max_rows_per_commit: most log rows one group commit writes, in [1, 100000].
+    """
+
+    deployment: Path
+    log_url: str = "sqlite:///.tlp/predictions.db"
+    intra_op_threads: int = 1
+    batch_workers: int = 1
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
+    max_texts_per_request: int = 64
+    max_text_chars: int = 10_000
+    on_overlong: OverlongPolicy = "reject"
+    shadow_workers: int = 1
+    shadow_queue_size: int = 256
+    reload_interval_s: float = 1.0
+    routing_salt: str = "tlp-ab"
+    log_max_rows_per_commit: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "deployment", Path(self.deployment))
+        object.__setattr__(self, "bucket_edges", tuple(self.bucket_edges))
+        _require(bool(self.log_url.strip()), "ServingConfig.log_url must be a SQLAlchemy URL, got an empty string")
+        for name, low, high in (
+            ("intra_op_threads", 1, 64),
+            ("batch_workers", 1, 64),
+            ("max_batch_size", 1, 1024),
+            ("max_texts_per_request", 1, 10_000),
+            ("max_text_chars", 1, 1_000_000),
+            ("shadow_workers", 1, 16),
+            ("shadow_queue_size", 1, 100_000),
+            ("log_max_rows_per_commit", 1, 100_000),
+        ):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and low <= value <= high,
+                f"ServingConfig.{name} must be an integer in [{low}, {high}], got {value!r}",
+            )
+        _require(0 <= self.max_wait_ms <= 1000, f"ServingConfig.max_wait_ms must be in [0, 1000], got {self.max_wait_ms}")
+        _require(
+            0.05 <= self.reload_interval_s <= 3600,
+            f"ServingConfig.reload_interval_s must be in [0.05, 3600], got {self.reload_interval_s}",
+        )
+        _require(
+            self.on_overlong in ("truncate", "reject"),
+            f"ServingConfig.on_overlong must be 'truncate' or 'reject', got {self.on_overlong!r}",
+        )
+        edges = self.bucket_edges
+        _require(
+            all(isinstance(e, int) and e >= 1 for e in edges) and list(edges) == sorted(set(edges)),
+            f"ServingConfig.bucket_edges must be strictly ascending positive integers, got {list(edges)}",
+        )
+        _require(bool(self.routing_salt), "ServingConfig.routing_salt must be a non-empty string")
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["deployment"] = str(self.deployment)
+        data["bucket_edges"] = list(self.bucket_edges)
+        return data
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest accepted request body: every text at its limit, each character escaped (6 bytes), plus slack."""
+        return self.max_texts_per_request * self.max_text_chars * 6 + 65_536

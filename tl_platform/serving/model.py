@@ -1,0 +1,170 @@
+"""A deployed model as the server sees it: the training tokenizer, an inference runner, labels and projection.
+
+Preprocessing is the training tokenizer itself (the exported bundle's ``tokenizer/`` is the task bundle's, byte
+for byte), called with the same truncation as ``TokenizedTexts``. Texts are tokenised once, per text, so the
+batcher can group them by length; ``pad_batch`` then pads a group exactly as ``export.runtime.encode`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from tl_platform.checkpoints.bundle import BundleError, verify_bundle
+from tl_platform.export.runtime import Encoded, OnnxClassifier
+from tl_platform.monitoring.features import EmbeddingProjection
+from tl_platform.serving.deployment import VariantSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+Runner = Callable[[Encoded], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    """One text's token ids (special tokens included, truncated at max_length) and its monitoring features."""
+
+    input_ids: tuple[int, ...]
+    unknown_share: float
+    chars: int
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+class ServingModel(Protocol):
+    """What the server needs of a model; tests plug in wrappers (slow, failing) through the app's loader."""
+
+    version: str
+    precision: str
+    max_length: int
+    labels: tuple[str, ...]
+    label_names: tuple[str, ...]
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]: ...
+
+    def infer(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, sentence embeddings) for a batch of token-id sequences, rows in input order."""
+        ...
+
+    def project(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+
+ModelLoader = Callable[[VariantSpec, int], ServingModel]  # (spec, intra_op_threads) -> model
+
+
+def tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[TokenizedText]:
+    """Token ids exactly as training produces them (``tokenizer(texts, truncation=True, max_length=...)``)."""
+    batch = tokenizer(list(texts), truncation=True, max_length=max_length)
+    unk = tokenizer.unk_token_id
+    result = []
+    for text, ids in zip(texts, batch["input_ids"], strict=True):
+        unknown = sum(1 for i in ids if i == unk) / max(len(ids), 1)
+        result.append(TokenizedText(tuple(int(i) for i in ids), float(unknown), len(text)))
+    return result
+
+
+def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> Encoded:
+    """Pad to the longest sequence of the batch; the same arrays ``export.runtime.encode`` builds."""
+    if not token_ids:
+        raise ValueError("pad_batch needs at least one sequence")
+    width = max(len(ids) for ids in token_ids)
+    input_ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(token_ids), width), dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        input_ids[row, span] = ids
+        mask[row, span] = 1
+    lengths = mask.sum(axis=1)
+    return Encoded(input_ids, mask, np.zeros(len(token_ids), dtype=np.float64), lengths)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
+
+
+class BundleModel:
+    """An exported bundle's tokenizer, labels and projection around a runner (ONNX Runtime or torch eager)."""
+
+    def __init__(
+        self, version: str, precision: str, bundle: Path, runner: Runner, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
+        serving = json.loads((bundle / "serving.json").read_text())
+        self.version = version
+        self.precision = precision
+        self.bundle = bundle
+        self.max_length = int(serving["max_length"])
+        self.labels = tuple(str(label) for label in serving["labels"])
+        self.label_names = tuple(str(name) for name in serving.get("label_names", serving["labels"]))
+        self.projection = EmbeddingProjection.from_json(json.loads((bundle / "projection.json").read_text()))
+        self._runner = runner
+        self._tokenizer = tokenizer
+        self._pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        self._padding_side = str(getattr(tokenizer, "padding_side", "right"))
+        # A fast tokenizer with truncation set is not safe to call from two threads at once ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        with self._tokenizer_lock:
+            return tokenize_texts(self._tokenizer, texts, self.max_length)
+
+    def infer(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        return self._runner(pad_batch(token_ids, self._pad_id, self._padding_side))
+
+    def project(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.projection.transform(embeddings)
+
+    def __repr__(self) -> str:
+        return f"BundleModel(version={self.version!r}, precision={self.precision!r}, bundle={str(self.bundle)!r})"
+
+
+def load_variant(spec: VariantSpec, intra_op_threads: int = 1) -> ServingModel:
+    """Verify the exported bundle (and the task bundle for ``torch``), then load it fully; raise BundleError."""
+    from transformers import AutoTokenizer
+
+    verify_bundle(spec.bundle, expected_stage="exported")
+    serving = json.loads((spec.bundle / "serving.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(spec.bundle / "tokenizer", local_files_only=True)
+    runner: Runner
+    if spec.precision in ("int8", "fp32"):
+        onnx = OnnxClassifier(spec.bundle / str(serving[spec.precision]), intra_op_threads=intra_op_threads)
+        runner = onnx.run
+    else:
+        assert spec.torch_bundle is not None  # VariantSpec guarantees it for torch
+        runner = _torch_runner(spec.torch_bundle, str(serving["task_bundle_sha256"]), intra_op_threads)
+    return BundleModel(spec.version, spec.precision, spec.bundle, runner, tokenizer)
+
+
+def _torch_runner(task_bundle: Path, expected_sha256: str, threads: int) -> Runner:
+    """PyTorch FP32 eager on the task bundle the export came from, with the export's logits-plus-pooling wrapper."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tl_platform.checkpoints.bundle import load_bundle
+    from tl_platform.export.onnx_export import _wrap  # the exact module the ONNX graph was traced from
+
+    model, _, manifest = load_bundle(task_bundle, AutoModelForSequenceClassification, expected_stage="task")
+    if manifest.bundle_sha256 != expected_sha256:
+        raise BundleError(
+            f"{task_bundle}: task bundle sha256 {manifest.bundle_sha256[:12]}... is not the one the exported bundle "
+            f"was made from ({expected_sha256[:12]}...); torch_bundle must name the exported model's task bundle"
+        )
+    torch.set_num_threads(threads)
+    wrapped: Any = _wrap(model)
+
+    def run(encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            logits, pooled = wrapped(torch.from_numpy(encoded.input_ids), torch.from_numpy(encoded.attention_mask))
+        return logits.numpy(), pooled.numpy()
+
+    return run

@@ -1,0 +1,70 @@
+"""Start the server: ``python -m tl_platform.serving --deployment PATH`` or ``tlp serve --deployment PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tl_platform.serving.config import ServingConfig
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServingConfig(deployment=Path("deployment.json"))
+    parser.add_argument("--deployment", required=True, help="the deployment record (JSON) to serve and watch")
+    parser.add_argument("--log-url", default=defaults.log_url, help="SQLAlchemy URL of the prediction log")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=defaults.intra_op_threads, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--batch-workers", type=int, default=defaults.batch_workers, help="threads running batches")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    parser.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms)
+    parser.add_argument("--max-texts-per-request", type=int, default=defaults.max_texts_per_request)
+    parser.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars)
+    parser.add_argument("--on-overlong", choices=("reject", "truncate"), default=defaults.on_overlong)
+    parser.add_argument("--reload-interval-s", type=float, default=defaults.reload_interval_s)
+    parser.add_argument("--no-length-buckets", action="store_true", help="one bucket: batch texts of any length together")
+
+
+def config_from_args(args: argparse.Namespace) -> ServingConfig:
+    config = ServingConfig(
+        deployment=Path(args.deployment),
+        log_url=args.log_url,
+        intra_op_threads=args.threads,
+        batch_workers=args.batch_workers,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_texts_per_request=args.max_texts_per_request,
+        max_text_chars=args.max_text_chars,
+        on_overlong=args.on_overlong,
+        reload_interval_s=args.reload_interval_s,
+    )
+    return dataclasses.replace(config, bucket_edges=()) if args.no_length_buckets else config
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Validate the settings, load the deployment (refusing an unservable one), then run uvicorn until stopped."""
+    import uvicorn
+
+    from tl_platform.checkpoints.bundle import BundleError
+    from tl_platform.serving.app import create_app
+    from tl_platform.serving.deployment import DeploymentRecordError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        app = create_app(config)
+    except (ValueError, DeploymentRecordError, BundleError) as err:
+        print(f"tlp serve: {err}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tl_platform.serving", description=__doc__)
+    add_serve_arguments(parser)
+    return serve(parser.parse_args(argv))

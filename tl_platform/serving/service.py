@@ -1,0 +1,171 @@
+"""One prediction request, start to finish: route, tokenise, batch, score, log (group commit), queue the shadow.
+
+Kept free of HTTP so it can be driven directly; ``app.py`` maps its results and errors to responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from tl_platform.serving.batching import DynamicBatcher, ItemOutput
+from tl_platform.serving.deployment_watcher import DeploymentWatcher
+from tl_platform.serving.metrics import ServingMetrics
+from tl_platform.serving.model import ServingModel, TokenizedText, softmax
+from tl_platform.serving.prediction_log import SERVED, SHADOW, PredictionLog, PredictionRow
+from tl_platform.serving.routing import Variant, assign_variant
+from tl_platform.serving.shadow import ShadowJob, ShadowScorer
+
+
+@dataclass(frozen=True)
+class ScoredText:
+    label: str
+    label_name: str
+    confidence: float
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    request_id: str
+    variant: Variant
+    model_version: str
+    predictions: tuple[ScoredText, ...]
+    latency_ms: float
+
+
+def score_rows(
+    model: ServingModel,
+    tokens: Sequence[TokenizedText],
+    logits: np.ndarray,
+    embeddings: np.ndarray,
+) -> tuple[list[ScoredText], np.ndarray]:
+    """Labels, confidences and probabilities of each text, and the monitored projection of its embedding."""
+    probabilities = softmax(np.asarray(logits, dtype=np.float64))
+    projection = model.project(np.asarray(embeddings, dtype=np.float64))
+    scored = []
+    for row in probabilities:
+        best = int(np.argmax(row))
+        scored.append(
+            ScoredText(
+                label=model.labels[best],
+                label_name=model.label_names[best],
+                confidence=float(row[best]),
+                probabilities={label: float(p) for label, p in zip(model.labels, row, strict=True)},
+                truncated=False,
+            )
+        )
+    return scored, projection
+
+
+def log_rows(
+    request_id: str, role: str, unit_id: str | None, variant: str, model: ServingModel, tokens: Sequence[TokenizedText],
+    truncated: Sequence[bool], latency_ms: float, scored: Sequence[ScoredText] | None, projection: np.ndarray | None,
+    error: str | None = None,
+) -> list[PredictionRow]:
+    now = datetime.now(UTC)
+    rows = []
+    for index, token in enumerate(tokens):
+        result = scored[index] if scored is not None else None
+        rows.append(
+            PredictionRow(
+                request_id=request_id, item_index=index, role=role, ts=now, unit_id=unit_id, variant=variant,
+                model_version=model.version,
+                label=result.label if result else None,
+                confidence=result.confidence if result else None,
+                probabilities=result.probabilities if result else None,
+                latency_ms=latency_ms, text_chars=token.chars, token_count=token.length,
+                unknown_share=token.unknown_share, truncated=bool(truncated[index]),
+                projection=tuple(float(v) for v in projection[index]) if projection is not None else (),
+                error=error,
+            )
+        )
+    return rows
+
+
+class PredictionService:
+    def __init__(
+        self,
+        watcher: DeploymentWatcher,
+        batcher: DynamicBatcher,
+        log: PredictionLog,
+        metrics: ServingMetrics,
+        routing_salt: str,
+        shadow_workers: int,
+        shadow_queue_size: int,
+    ) -> None:
+        self.watcher = watcher
+        self.batcher = batcher
+        self.log = log
+        self.metrics = metrics
+        self.routing_salt = routing_salt
+        self.shadow = ShadowScorer(
+            self._score_shadow, shadow_workers, shadow_queue_size,
+            on_outcome=self._shadow_outcome, on_depth=metrics.shadow_queue_depth.set,
+        )
+
+    def route(self, unit_id: str) -> tuple[Variant, ServingModel, ServingModel | None]:
+        """(variant, the model that answers, the challenger to shadow-score with or None)."""
+        live = self.watcher.current
+        record = live.record
+        if record.shadow or live.challenger is None:
+            return "champion", live.champion, live.challenger if record.shadow else None
+        variant = assign_variant(self.routing_salt, unit_id, record.challenger_share)
+        return variant, (live.challenger if variant == "challenger" else live.champion), None
+
+    async def predict(
+        self, texts: Sequence[str], truncated: Sequence[bool], unit_id: str | None
+    ) -> tuple[PredictResult, ShadowJob | None]:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        variant, model, shadow_model = self.route(unit_id if unit_id is not None else request_id)
+        tokens = model.tokenize(texts)
+        futures = [self.batcher.submit(model, token.input_ids) for token in tokens]
+        outputs: list[ItemOutput] = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        scored, projection = score_rows(
+            model, tokens, np.stack([o.logits for o in outputs]), np.stack([o.embedding for o in outputs])
+        )
+        scored = [
+            ScoredText(s.label, s.label_name, s.confidence, s.probabilities, bool(cut))
+            for s, cut in zip(scored, truncated, strict=True)
+        ]
+        latency_ms = 1000.0 * (time.perf_counter() - started)
+        rows = log_rows(request_id, SERVED, unit_id, variant, model, tokens, truncated, latency_ms, scored, projection)
+        await asyncio.wrap_future(self.log.submit(rows))  # group commit: the reply waits until the rows are durable
+        self.metrics.predictions.labels(variant, model.version).inc(len(texts))
+        self.metrics.request_latency.labels(variant).observe(time.perf_counter() - started)
+        result = PredictResult(request_id, variant, model.version, tuple(scored), latency_ms)
+        job = None
+        if shadow_model is not None:
+            job = ShadowJob(request_id, unit_id, tuple(texts), tuple(truncated), shadow_model, time.perf_counter())
+        return result, job
+
+    def _score_shadow(self, job: ShadowJob) -> None:
+        model = job.challenger
+        started = time.perf_counter()
+        tokens = model.tokenize(job.texts)
+        try:
+            logits, embeddings = model.infer([t.input_ids for t in tokens])
+            scored, projection = score_rows(model, tokens, logits, embeddings)
+        except Exception as err:
+            latency_ms = 1000.0 * (time.perf_counter() - started)
+            rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, job.truncated,
+                            latency_ms, None, None, error=f"{type(err).__name__}: {err}")
+            self.log.submit(rows).result()
+            raise  # counted as a failed shadow scoring (and logged with its traceback) by the ShadowScorer
+        latency_ms = 1000.0 * (time.perf_counter() - started)
+        rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, job.truncated,
+                        latency_ms, scored, projection)
+        self.log.submit(rows).result()
+
+    def _shadow_outcome(self, outcome: str, seconds: float) -> None:
+        self.metrics.shadow.labels(outcome).inc()
+        if outcome == "ok":
+            self.metrics.shadow_latency.observe(seconds)
