@@ -108,7 +108,10 @@ def drive(send: Callable[[httpx.Client, str], None], texts: Sequence[str], concu
 class PlatformServer:
     """This project's server on one deployment record, as a subprocess."""
 
-    def __init__(self, name: str, variant: VariantSpec, workdir: Path, threads: int, max_batch_size: int) -> None:
+    def __init__(
+        self, name: str, variant: VariantSpec, workdir: Path, threads: int, max_batch_size: int,
+        max_wait_ms: float = 0.0, batch_workers: int = 1,
+    ) -> None:
         self.name = name
         self.port = free_port()
         record = workdir / f"{name}.json"
@@ -116,7 +119,8 @@ class PlatformServer:
         command = [
             sys.executable, "-m", "tl_platform.serving", "--deployment", str(record),
             "--log-url", f"sqlite:///{workdir / (name + '.db')}", "--port", str(self.port),
-            "--threads", str(threads), "--max-batch-size", str(max_batch_size), "--max-wait-ms", "5",
+            "--threads", str(threads), "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
+            "--batch-workers", str(batch_workers),
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process)
@@ -127,15 +131,14 @@ class PlatformServer:
             raise RuntimeError(f"{self.name}: HTTP {response.status_code} {response.text[:200]}")
 
     def predict_labels(self, texts: Sequence[str]) -> list[str]:
+        """One request per text, one at a time: how the throughput runs send them. (Dynamic INT8 quantisation
+        scales activations per batch, so an INT8 prediction can depend on which texts share its batch.)"""
         labels: list[str] = []
         with httpx.Client(timeout=120.0) as client:
-            for start in range(0, len(texts), 32):
-                response = client.post(
-                    f"http://127.0.0.1:{self.port}/predict",
-                    json={"texts": list(texts[start : start + 32]), "unit_id": "accuracy"},
-                )
+            for text in texts:
+                response = client.post(f"http://127.0.0.1:{self.port}/predict", json={"text": text, "unit_id": "a"})
                 response.raise_for_status()
-                labels.extend(p["label"] for p in response.json()["predictions"])
+                labels.append(response.json()["predictions"][0]["label"])
         return labels
 
     def stop(self) -> None:
@@ -164,7 +167,9 @@ class MlflowServer:
                 pip_requirements=requirements,
             )
         self.port = free_port()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+        # mlflow serve execs `uvicorn` from PATH: put this environment's bin directory first
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
         mlflow_bin = str(Path(sys.executable).parent / "mlflow")
         command = [mlflow_bin, "models", "serve", "-m", info.model_uri, "--env-manager", "local",
                    "-p", str(self.port), "-h", "127.0.0.1"]
@@ -192,7 +197,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=os.environ.get("TLP_HOME", ".tlp"))
     parser.add_argument("--requests", type=int, default=400, help="requests per server and concurrency")
-    parser.add_argument("--threads", type=int, default=2, help="inference threads of each server")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch threads per batch worker")
+    parser.add_argument("--max-wait-ms", type=float, default=0.0, help="batching wait (0: take what is queued)")
+    parser.add_argument("--batch-workers", type=int, default=2, help="batch worker threads of each server")
+    parser.add_argument("--only", help="comma-separated scenarios: int8,fp32,torch,unbatched,mlflow")
     parser.add_argument("--skip-mlflow", action="store_true")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -204,19 +212,27 @@ def main() -> None:
     schema = LabelSchema.from_json(json.loads((task_bundle / "label_schema.json").read_text()))
     eval_set = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
     texts = list(eval_set.texts)
-    truth = [schema.names[label] for label in eval_set.labels]
+    truth = [schema.labels[label] for label in eval_set.labels]  # responses carry the raw label value
 
     variants = {
         "int8": VariantSpec("bench", exported, "int8"),
         "fp32": VariantSpec("bench", exported, "fp32"),
         "torch": VariantSpec("bench", exported, "torch", torch_bundle=task_bundle),
     }
+    def platform(name: str, variant: VariantSpec, max_batch_size: int) -> Callable[[Path], object]:
+        return lambda w: PlatformServer(
+            name, variant, w, args.threads, max_batch_size, args.max_wait_ms, args.batch_workers
+        )
+
+    chosen = set((args.only or "int8,fp32,torch,unbatched,mlflow").split(","))
+    if args.skip_mlflow:
+        chosen.discard("mlflow")
     scenarios: list[tuple[str, Callable[[Path], object]]] = [
-        (f"this server, {name}", lambda w, n=name, v=variant: PlatformServer(n, v, w, args.threads, 16))
-        for name, variant in variants.items()
+        (f"this server, {name}", platform(name, variant, 16)) for name, variant in variants.items() if name in chosen
     ]
-    scenarios.append(("this server, int8, unbatched", lambda w: PlatformServer("int8-single", variants["int8"], w, args.threads, 1)))
-    if not args.skip_mlflow:
+    if "unbatched" in chosen:
+        scenarios.append(("this server, int8, unbatched", platform("int8-single", variants["int8"], 1)))
+    if "mlflow" in chosen:
         scenarios.append(("mlflow models serve", lambda w: MlflowServer(task_bundle, w)))
 
     results: dict[str, dict[int, LoadResult]] = {}
@@ -229,6 +245,8 @@ def main() -> None:
                 send = server.send  # type: ignore[attr-defined]
                 drive(send, texts, 4, 40)  # warm-up
                 results[label] = {c: drive(send, texts, c, args.requests) for c in CONCURRENCIES}
+                print(label, {c: f"{r.throughput:.1f} req/s, p99 {r.p99_ms:.1f} ms" for c, r in results[label].items()},
+                      flush=True)
                 if isinstance(server, PlatformServer):
                     predicted = server.predict_labels(texts)
                     accuracy[label] = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
@@ -238,7 +256,8 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"eval suite: {len(texts)} sentences; {args.requests} single-text requests per concurrency; "
-          f"{args.threads} inference threads; machine: {os.cpu_count()} cores")
+          f"{args.batch_workers} batch workers x {args.threads} inference threads, max wait {args.max_wait_ms} ms; "
+          f"machine: {os.cpu_count()} cores, load generator on the same machine")
     print(f"{'server':34} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for label, by_concurrency in results.items():
         for c, r in by_concurrency.items():
