@@ -92,6 +92,7 @@ def exported_model(
     if all(gates):
         artifact_store.publish("exported_model", manifest.path, context.run_id)
     reports = {"parity": result.parity.to_json(), "quantisation": result.quantisation.to_json(),
+               "quantisation_single_requests": result.quantisation_single.to_json(),
                "latency": result.latency.to_json()}
     return dg.MaterializeResult(
         metadata={
@@ -114,7 +115,10 @@ def exported_model(
                           "int8_accuracy": result.quantisation.int8_accuracy,
                           "accuracy_drop_points": result.quantisation.accuracy_drop_points,
                           "min_agreement": result.quantisation.min_agreement,
-                          "max_accuracy_drop_points": result.quantisation.max_accuracy_drop_points},
+                          "max_accuracy_drop_points": result.quantisation.max_accuracy_drop_points,
+                          "single_request_label_agreement": result.quantisation_single.label_agreement,
+                          "single_request_accuracy_drop_points": result.quantisation_single.accuracy_drop_points},
+                description="judged on length-ordered batches of 32; single-request figures reported beside them",
             ),
             dg.AssetCheckResult(
                 check_name=LATENCY_CHECK, passed=result.latency.passed,

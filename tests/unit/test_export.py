@@ -32,6 +32,8 @@ def test_exported_bundle_is_sealed_and_passes_its_gates(bundles: tuple[Path, Pat
     assert gates["parity"]["max_abs_logit_diff"] < 1e-4
     assert gates["quantisation"]["label_agreement"] >= 0.99
     assert gates["quantisation"]["examples"] == 198
+    single = gates["quantisation_single_requests"]  # reported beside the gate, judged on batches
+    assert single["examples"] == 198 and 0.9 <= single["label_agreement"] <= 1.0
     assert manifest.provenance["stage"] == "exported"
     # the tokenizer is the training tokenizer, byte for byte
     for path in (task / "tokenizer").iterdir():
