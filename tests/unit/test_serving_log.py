@@ -128,11 +128,17 @@ def test_a_failed_commit_fails_its_requests_and_the_writer_goes_on(log_url: tupl
     log.close()
 
 
-def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+def test_sqlite_runs_in_wal_mode_with_the_chosen_sync(tmp_path: Path) -> None:
+    full = PredictionLog(f"sqlite:///{tmp_path / 'full.db'}", sqlite_synchronous="full")
+    with full.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    full.engine.dispose()
+    with pytest.raises(ValueError, match="sqlite_synchronous must be 'normal' or 'full', got 'off'"):
+        PredictionLog(f"sqlite:///{tmp_path / 'off.db'}", sqlite_synchronous="off")
     log = PredictionLog(f"sqlite:///{tmp_path / 'nested' / 'log.db'}")
     with log.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL: survives SIGKILL
     log.start()
     log.submit([row("e" * 32)]).result(timeout=10)
     assert (tmp_path / "nested" / "log.db-wal").exists()

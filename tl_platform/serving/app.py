@@ -154,7 +154,13 @@ def build_runtime(config: ServingConfig, loader: ModelLoader = load_variant, tab
 
     watcher = DeploymentWatcher(config.deployment, loader, config.intra_op_threads, config.reload_interval_s, on_reload)
     watcher.load()
-    log = PredictionLog(config.log_url, table_prefix, config.log_max_rows_per_commit, on_commit=metrics.observe_commit)
+    log = PredictionLog(
+        config.log_url,
+        table_prefix,
+        config.log_max_rows_per_commit,
+        on_commit=metrics.observe_commit,
+        sqlite_synchronous=config.sqlite_synchronous,
+    )
     batcher = DynamicBatcher(
         config.max_batch_size, config.max_wait_ms, config.batch_workers, config.bucket_edges,
         on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set,

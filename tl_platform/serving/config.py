@@ -37,6 +37,10 @@ class ServingConfig:
         reload_interval_s: how often the deployment record is checked for changes, in [0.05, 3600].
         routing_salt: salt of the unit-id hash; change it to reshuffle units between variants.
         log_max_rows_per_commit: most log rows one group commit writes, in [1, 100000].
+        sqlite_synchronous: ``normal`` (default): a commit reaches the operating system before the reply, so an
+            answered request survives the server being killed (SIGKILL), not a power loss; ``full`` also waits for
+            the disk (fsync) on every group commit. On the 2-core machine ``full`` cost about a quarter of INT8
+            requests/s at concurrency 8. Postgres is unaffected.
     """
 
     deployment: Path
@@ -56,6 +60,7 @@ class ServingConfig:
     reload_interval_s: float = 1.0
     routing_salt: str = "tlp-ab"
     log_max_rows_per_commit: int = 1000
+    sqlite_synchronous: str = "normal"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment", Path(self.deployment))
@@ -91,6 +96,10 @@ class ServingConfig:
             f"ServingConfig.bucket_edges must be strictly ascending positive integers, got {list(edges)}",
         )
         _require(bool(self.routing_salt), "ServingConfig.routing_salt must be a non-empty string")
+        _require(
+            self.sqlite_synchronous in ("normal", "full"),
+            f"ServingConfig.sqlite_synchronous must be 'normal' or 'full', got {self.sqlite_synchronous!r}",
+        )
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)

@@ -1,7 +1,7 @@
 """The prediction log: every answered request, its monitoring features, shadow predictions, and feedback.
 
 One interface over SQLAlchemy Core; the URL picks the backend (``sqlite:///path.db`` embedded, in WAL mode
-with ``synchronous=FULL``; ``postgresql+psycopg://...`` in production). Writes of predictions go through a
+with ``synchronous=NORMAL``, or FULL by choice; ``postgresql+psycopg://...`` in production). Writes of predictions go through a
 single writer thread that group-commits: it takes every pending row from concurrent requests, commits them in
 one transaction, then resolves their futures. Requests reply only after their future resolves, so an answered
 request is on disk even if the process is killed right after.
@@ -111,8 +111,14 @@ def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
     return metadata, predictions, feedback
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, synchronous=FULL and a busy timeout on every connection."""
+def make_engine(url: str, sqlite_synchronous: str = "normal") -> Engine:
+    """An engine for the URL; SQLite gets WAL, the chosen synchronous level and a busy timeout on every connection.
+
+    In WAL mode ``normal`` writes each commit to the WAL before returning (it survives the process being
+    killed) and syncs at checkpoints; ``full`` syncs every commit (it also survives a power loss).
+    """
+    if sqlite_synchronous not in ("normal", "full"):
+        raise ValueError(f"sqlite_synchronous must be 'normal' or 'full', got {sqlite_synchronous!r}")
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
@@ -126,7 +132,7 @@ def make_engine(url: str) -> Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
         cursor.close()
 
     return engine
@@ -144,9 +150,10 @@ class PredictionLog:
         table_prefix: str = "",
         max_rows_per_commit: int = 1000,
         on_commit: Callable[[CommitStats], None] | None = None,
+        sqlite_synchronous: str = "normal",
     ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, sqlite_synchronous)
         self.metadata, self.predictions, self.feedback = _tables(table_prefix)
         self.metadata.create_all(self.engine)
         self.max_rows_per_commit = max_rows_per_commit

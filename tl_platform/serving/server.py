@@ -27,6 +27,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-overlong", choices=("reject", "truncate"), default=defaults.on_overlong)
     parser.add_argument("--reload-interval-s", type=float, default=defaults.reload_interval_s)
     parser.add_argument("--no-length-buckets", action="store_true", help="one bucket: batch texts of any length together")
+    parser.add_argument(
+        "--sqlite-synchronous", choices=("normal", "full"), default=defaults.sqlite_synchronous,
+        help="normal: answered requests survive a killed server; full: also a power loss (fsync per commit)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -41,6 +45,7 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         max_text_chars=args.max_text_chars,
         on_overlong=args.on_overlong,
         reload_interval_s=args.reload_interval_s,
+        sqlite_synchronous=args.sqlite_synchronous,
     )
     return dataclasses.replace(config, bucket_edges=()) if args.no_length_buckets else config
 
