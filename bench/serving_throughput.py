@@ -3,7 +3,8 @@
 Starts each server as its own process on this machine and drives it over HTTP from a thread pool:
 
 - this server with INT8 ONNX, FP32 ONNX and PyTorch FP32 eager (all with dynamic batching and length buckets);
-- this server with INT8 ONNX one request at a time (max batch size 1), the baseline of batching;
+- this server with INT8 ONNX one request at a time (one worker, batch size 1, all its threads), the baseline of
+  batching;
 - ``mlflow models serve`` of the same fine-tuned model (Transformers flavour, local env manager).
 
 At concurrency 1, 8 and 32 it prints requests/s and p50/p99 latency, then the ratios the serving issue
@@ -224,6 +225,11 @@ def main() -> None:
             name, variant, w, args.threads, max_batch_size, args.max_wait_ms, args.batch_workers
         )
 
+    def one_at_a_time(name: str, variant: VariantSpec) -> Callable[[Path], object]:
+        # serving one request at a time: a single worker, batch size 1, every core on that one request
+        cores = args.threads * args.batch_workers
+        return lambda w: PlatformServer(name, variant, w, cores, 1, 0.0, 1)
+
     chosen = set((args.only or "int8,fp32,torch,unbatched,mlflow").split(","))
     if args.skip_mlflow:
         chosen.discard("mlflow")
@@ -231,7 +237,7 @@ def main() -> None:
         (f"this server, {name}", platform(name, variant, 16)) for name, variant in variants.items() if name in chosen
     ]
     if "unbatched" in chosen:
-        scenarios.append(("this server, int8, unbatched", platform("int8-single", variants["int8"], 1)))
+        scenarios.append(("this server, int8, one at a time", one_at_a_time("int8-single", variants["int8"])))
     if "mlflow" in chosen:
         scenarios.append(("mlflow models serve", lambda w: MlflowServer(task_bundle, w)))
 
@@ -272,7 +278,7 @@ def main() -> None:
 
     ratio("int8 / torch eager, concurrency 8", "this server, int8", "this server, torch", 8, 2.0)
     ratio("int8 / mlflow models serve, concurrency 8", "this server, int8", "mlflow models serve", 8, 5.0)
-    ratio("batched / unbatched int8, concurrency 32", "this server, int8", "this server, int8, unbatched", 32, 1.4)
+    ratio("batched / one at a time int8, concurrency 32", "this server, int8", "this server, int8, one at a time", 32, 1.4)
     if "mlflow models serve" in results:
         ours, theirs = results["this server, int8"][8].p99_ms, results["mlflow models serve"][8].p99_ms
         print(f"p99 at concurrency 8: int8 {ours:.1f} ms, mlflow {theirs:.1f} ms ({'no worse' if ours <= theirs else 'WORSE'})")
