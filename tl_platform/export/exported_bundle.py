@@ -27,14 +27,11 @@ from tl_platform.export.gates import (
 from tl_platform.export.onnx_export import DEFAULT_OPSET, export_onnx, quantize_int8
 from tl_platform.export.runtime import OnnxClassifier, encode
 from tl_platform.monitoring.features import DEFAULT_COMPONENTS, EmbeddingProjection
+from tl_platform.validation import require as _require
 
 FP32_FILE = "model_fp32.onnx"
 INT8_FILE = "model_int8.onnx"
 
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from tl_platform.validation import require as _require
+
 OverlongPolicy = Literal["truncate", "reject"]
 DEFAULT_BUCKET_EDGES: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)

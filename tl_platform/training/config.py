@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from tl_platform.validation import require as _require
+
 FineTuneMethod = Literal["lora", "full"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
