@@ -139,7 +139,7 @@ def test_moving_the_record_swaps_the_model_without_a_failed_request(
     ready = httpx.get(f"{base}/readyz").json()
     assert ready["champion_version"] == "2"
     server.send_signal(signal.SIGTERM)
-    # uvicorn shuts down gracefully, then re-raises the signal so the exit status reports it
-    assert server.wait(20) == -signal.SIGTERM
+    # uvicorn shuts down gracefully; depending on the environment it then re-raises the signal (-15) or exits 0
+    assert server.wait(20) in (0, -signal.SIGTERM)
     server_log = next(deployment.parent.glob("server-*.log")).read_text()
     assert "Traceback" not in server_log, server_log
