@@ -36,6 +36,7 @@ import numpy as np
 from tl_platform.checkpoints import verify_bundle
 from tl_platform.data.schema import LabelSchema
 from tl_platform.data.splits import read_split_jsonl
+from tl_platform.local_state import StageNotMaterialisedError, latest_published
 from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
 
 CONCURRENCIES = (1, 8, 32)
@@ -188,10 +189,10 @@ class MlflowServer:
 
 
 def latest(home: Path, stage: str) -> Path:
-    pointer = home / "artifacts" / stage / "LATEST.json"
-    if not pointer.is_file():
-        raise SystemExit(f"no {stage} under {home}; run the main job first (make demo)")
-    return Path(json.loads(pointer.read_text())["path"])
+    try:
+        return latest_published(home / "artifacts", stage)
+    except StageNotMaterialisedError as err:
+        raise SystemExit(f"{err} (run the main job first: make demo)") from err
 
 
 def main() -> None:

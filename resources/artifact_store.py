@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import dagster as dg
 
-
-class StageNotMaterialisedError(RuntimeError):
-    """A downstream stage asked for an upstream output that was never published."""
+from tl_platform.local_state import latest_published, publish
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """A directory tree ``<root>/<stage>/<run_id>/`` plus ``<root>/<stage>/LATEST.json``.
+    """A directory tree ``<root>/<stage>/<run_id>/`` plus the published pointer of each stage (``local_state``).
 
     Locally the root sits under TLP_HOME; in production it is a volume shared by the user-code containers.
     A stage writes into a fresh version directory and publishes it only when it succeeded, so a failed run
@@ -32,19 +29,7 @@ class ArtifactStore(dg.ConfigurableResource):
         return path
 
     def publish(self, stage: str, path: Path, run_id: str) -> None:
-        pointer = Path(self.root) / stage / "LATEST.json"
-        pointer.parent.mkdir(parents=True, exist_ok=True)  # a pass-through stage publishes without a version dir
-        temporary = pointer.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"path": str(path), "run_id": run_id}))
-        temporary.replace(pointer)  # atomic: readers see the old or the new pointer, never half of one
+        publish(Path(self.root), stage, path, run_id)
 
     def latest(self, stage: str) -> Path:
-        pointer = Path(self.root) / stage / "LATEST.json"
-        if not pointer.is_file():
-            raise StageNotMaterialisedError(
-                f"no published output of {stage!r} under {self.root}; materialise {stage} first"
-            )
-        path = Path(json.loads(pointer.read_text())["path"])
-        if not path.exists():
-            raise StageNotMaterialisedError(f"{stage!r} points at {path}, which no longer exists; re-materialise it")
-        return path
+        return latest_published(Path(self.root), stage)

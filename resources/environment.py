@@ -10,19 +10,15 @@ import dagster as dg
 from resources.artifact_store import ArtifactStore
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
+from tl_platform.local_state import default_tracking_uri, tlp_home
 
 ENVIRONMENTS = ("local", "production")
-
-
-def tlp_home() -> Path:
-    """Local state (MLflow store, artifacts, Dagster instance): TLP_HOME, or .tlp in the working directory."""
-    return Path(os.environ.get("TLP_HOME", ".tlp")).resolve()
 
 
 def local_resources(home: Path) -> dict[str, dg.ConfigurableResource]:
     """SQLite-backed MLflow and a local artifact tree, all under ``home``; a tracking URI in the environment wins."""
     home.mkdir(parents=True, exist_ok=True)
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    tracking_uri = default_tracking_uri(home)
     return {
         "artifact_store": ArtifactStore(root=str(home / "artifacts")),
         "deployment_target": DeploymentTarget(record_path=str(home / "deployment.json")),

@@ -15,15 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_HOME = ".tlp"
-
-
-def _home() -> Path:
-    return Path(os.environ.get("TLP_HOME", DEFAULT_HOME)).resolve()
+from tl_platform.local_state import default_tracking_uri, tlp_home
 
 
 def _environment() -> dict[str, str]:
-    home = _home()
+    home = tlp_home()
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
     # An empty instance file: Dagster's defaults (SQLite under DAGSTER_HOME), stated rather than warned about.
@@ -111,8 +107,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
-    home = _home()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    home = tlp_home()
+    uri = default_tracking_uri(home)
     command = [_executable("mlflow"), "ui", "--backend-store-uri", uri, "--port", str(args.port)]
     return subprocess.run(command, env=_environment(), check=False).returncode
 
@@ -155,7 +151,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from tl_platform.tracking.mlflow_tracker import MlflowSettings, search_runs
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_home() / 'mlflow.db'}"
+    uri = default_tracking_uri(tlp_home())
     runs = search_runs(MlflowSettings(uri, args.experiment))
     if not runs:
         print(f"no runs in experiment {args.experiment!r} at {uri}")
@@ -270,7 +266,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         completed = subprocess.run(command, env=env, check=False)
         if completed.returncode != 0:
             return completed.returncode
-    root = Path(args.artifacts) if args.artifacts else Path(os.environ.get("TLP_ARTIFACT_ROOT") or _home() / "artifacts")
+    root = Path(args.artifacts) if args.artifacts else Path(os.environ.get("TLP_ARTIFACT_ROOT") or tlp_home() / "artifacts")
     try:
         proposal = load_proposal(root)
     except ProposalIncompleteError as err:

@@ -15,7 +15,6 @@ Layout of a bundle directory::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -186,7 +185,3 @@ def load_bundle(directory: Path, model_class: Any, expected_stage: str | None = 
 def _relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
-
-def manifest_digest(files: dict[str, str]) -> str:
-    """A stable digest of a file table (used to compare two bundles' contents)."""
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()

@@ -15,6 +15,7 @@ from typing import Any
 
 from tl_platform.economics.documents import cost_document, plan_document, roi_document
 from tl_platform.economics.render import to_html
+from tl_platform.local_state import StageNotMaterialisedError, latest_published
 
 PLAN_RECORD = "transfer_plan.json"
 COST_RECORD = "cost_report.json"
@@ -40,14 +41,11 @@ def write_record(directory: Path, name: str, payload: dict[str, Any]) -> Path:
 
 
 def published_dir(artifacts_root: Path, asset: str) -> Path:
-    """The directory last published for ``asset`` under the artifact store's root (``<root>/<asset>/LATEST.json``)."""
-    pointer = artifacts_root / asset / "LATEST.json"
-    if not pointer.is_file():
-        raise ProposalIncompleteError(f"no published output of {asset!r} under {artifacts_root}; {MATERIALISE_HINT}")
-    path = Path(json.loads(pointer.read_text())["path"])
-    if not path.is_dir():
-        raise ProposalIncompleteError(f"{asset!r} points at {path}, which no longer exists; {MATERIALISE_HINT}")
-    return path
+    """The directory last published for ``asset`` under the artifact store's root."""
+    try:
+        return latest_published(artifacts_root, asset)
+    except StageNotMaterialisedError as err:
+        raise ProposalIncompleteError(f"{err}; {MATERIALISE_HINT}") from err
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,14 +19,15 @@ from tl_platform.export.gates import (
     LatencyReport,
     ParityReport,
     QuantisationReport,
+    RunBatch,
     batched_outputs,
     check_parity,
     check_quantisation,
     encoded_for_torch,
     measure_latency,
 )
-from tl_platform.export.onnx_export import DEFAULT_OPSET, export_onnx, quantize_int8
-from tl_platform.export.runtime import OnnxClassifier, encode
+from tl_platform.export.onnx_export import DEFAULT_OPSET, export_onnx, logits_and_embedding, quantize_int8
+from tl_platform.export.runtime import Encoded, OnnxClassifier, encode
 from tl_platform.monitoring.features import DEFAULT_COMPONENTS, EmbeddingProjection
 from tl_platform.validation import require as _require
 
@@ -137,9 +139,9 @@ def export_task_bundle(
     fp32 = OnnxClassifier(fp32_path, intra_op_threads=config.latency_threads)
     int8 = OnnxClassifier(int8_path, intra_op_threads=config.latency_threads)
     texts = list(eval_set.texts)
-    fp32_logits, _ = batched_outputs(fp32, tokenizer, texts, max_length)
-    int8_logits, _ = batched_outputs(int8, tokenizer, texts, max_length)
-    reference = _torch_logits(model, tokenizer, texts, max_length)
+    fp32_logits, _ = batched_outputs(fp32.run, tokenizer, texts, max_length)
+    int8_logits, _ = batched_outputs(int8.run, tokenizer, texts, max_length)
+    reference, _ = batched_outputs(_torch_runner(model), tokenizer, texts, max_length)
     parity = check_parity(reference, fp32_logits, config.parity_tolerance)
     quantisation = check_quantisation(
         fp32_logits, int8_logits, eval_set.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
@@ -147,8 +149,8 @@ def export_task_bundle(
     # Dynamic INT8 scales activations per batch, so a prediction can depend on its batch companions. The gate
     # judges length-ordered batches (how the server batches under load); one text at a time (how it runs at
     # low load) is measured too and reported beside it.
-    fp32_single, _ = batched_outputs(fp32, tokenizer, texts, max_length, batch_size=1)
-    int8_single, _ = batched_outputs(int8, tokenizer, texts, max_length, batch_size=1)
+    fp32_single, _ = batched_outputs(fp32.run, tokenizer, texts, max_length, batch_size=1)
+    int8_single, _ = batched_outputs(int8.run, tokenizer, texts, max_length, batch_size=1)
     quantisation_single = check_quantisation(
         fp32_single, int8_single, eval_set.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
     )
@@ -161,7 +163,7 @@ def export_task_bundle(
             requests=config.latency_requests,
         )
 
-    _, train_embeddings = batched_outputs(fp32, tokenizer, list(train_texts), max_length)
+    _, train_embeddings = batched_outputs(fp32.run, tokenizer, list(train_texts), max_length)
     projection = EmbeddingProjection.fit(train_embeddings, config.projection_components)
     (directory / "projection.json").write_text(json.dumps(projection.to_json()))
     serving = {
@@ -193,16 +195,15 @@ def export_task_bundle(
     )
 
 
-def _torch_logits(model: object, tokenizer: object, texts: list[str], max_length: int, batch_size: int = 32) -> np.ndarray:
-    """PyTorch logits on the same length-ordered batches (same padding) as the ONNX runs."""
+def _torch_runner(model: Any) -> RunBatch:
+    """PyTorch eager through the very module that was exported (logits and pooled embedding)."""
     import torch
 
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    chunks: list[np.ndarray] = []
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            encoded = encode(tokenizer, [texts[i] for i in order[start : start + batch_size]], max_length)  # type: ignore[arg-type]
-            chunks.append(model(**encoded_for_torch(encoded)).logits.numpy())  # type: ignore[operator]
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return np.concatenate(chunks)[inverse]
+    wrapped = logits_and_embedding(model)
+
+    def run(encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            logits, embedding = wrapped(**encoded_for_torch(encoded))
+        return logits.numpy(), embedding.numpy()
+
+    return run

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tl_platform.export.runtime import Encoded, OnnxClassifier, encode
+from tl_platform.export.runtime import Encoded, encode
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,11 @@ class LatencyReport:
         return {**asdict(self), "passed": self.passed}
 
 
+RunBatch = Callable[[Encoded], tuple[np.ndarray, np.ndarray]]  # token ids -> (logits, sentence embeddings)
+
+
 def batched_outputs(
-    classifier: OnnxClassifier, tokenizer: object, texts: Sequence[str], max_length: int, batch_size: int = 32
+    run: RunBatch, tokenizer: object, texts: Sequence[str], max_length: int, batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and embeddings for every text, batched in length order (little padding), returned in input order."""
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -81,7 +84,7 @@ def batched_outputs(
     embeddings: list[np.ndarray] = []
     for start in range(0, len(order), batch_size):
         chunk = [texts[i] for i in order[start : start + batch_size]]
-        out_logits, out_embedding = classifier.run(encode(tokenizer, chunk, max_length))  # type: ignore[arg-type]
+        out_logits, out_embedding = run(encode(tokenizer, chunk, max_length))  # type: ignore[arg-type]
         logits.append(out_logits)
         embeddings.append(out_embedding)
     inverse = np.empty_like(order)

@@ -25,7 +25,7 @@ class ExportError(RuntimeError):
     """The exporter could not translate the model; the message names the operator when one is to blame."""
 
 
-def _wrap(model: PreTrainedModel) -> Any:
+def logits_and_embedding(model: PreTrainedModel) -> Any:
     import torch
 
     class LogitsAndEmbedding(torch.nn.Module):
@@ -57,7 +57,7 @@ def export_onnx(
     """
     import torch
 
-    module = _wrap(model) if wrap else model
+    module = logits_and_embedding(model) if wrap else model
     sample = tokenizer(["an example sentence to trace", "and another"], padding=True, return_tensors="pt")
     args = (sample["input_ids"], sample["attention_mask"])
     batch, sequence = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=2, max=8192)

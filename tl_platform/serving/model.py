@@ -151,7 +151,7 @@ def _torch_runner(task_bundle: Path, expected_sha256: str, threads: int) -> Runn
     from transformers import AutoModelForSequenceClassification
 
     from tl_platform.checkpoints.bundle import load_bundle
-    from tl_platform.export.onnx_export import _wrap  # the exact module the ONNX graph was traced from
+    from tl_platform.export.onnx_export import logits_and_embedding  # the exact module the ONNX graph was traced from
 
     model, _, manifest = load_bundle(task_bundle, AutoModelForSequenceClassification, expected_stage="task")
     if manifest.bundle_sha256 != expected_sha256:
@@ -160,7 +160,7 @@ def _torch_runner(task_bundle: Path, expected_sha256: str, threads: int) -> Runn
             f"was made from ({expected_sha256[:12]}...); torch_bundle must name the exported model's task bundle"
         )
     torch.set_num_threads(threads)
-    wrapped: Any = _wrap(model)
+    wrapped: Any = logits_and_embedding(model)
 
     def run(encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():

@@ -150,10 +150,6 @@ def set_alias(settings: MlflowSettings, name: str, alias: str, version: str) -> 
     MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(name, alias, version)
 
 
-def delete_alias(settings: MlflowSettings, name: str, alias: str) -> None:
-    MlflowClient(tracking_uri=settings.tracking_uri).delete_registered_model_alias(name, alias)
-
-
 def version_by_alias(settings: MlflowSettings, name: str, alias: str) -> RegisteredVersion | None:
     """The version an alias points at, or None when the model or the alias does not exist."""
     client = MlflowClient(tracking_uri=settings.tracking_uri)
