@@ -70,7 +70,7 @@ def exported_model(
     with mlflow.run_for_asset(context) as tracker:
         tracker.log_params({f"export.{k}": v for k, v in settings.to_json().items()})
         tracker.log_params({"parent_bundle": task.bundle_sha256})
-        result = export_task_bundle(task.path, directory, splits.train.texts, settings)
+        result = export_task_bundle(task.path, directory, splits.train.texts, splits.eval_suite(), settings)
         tracker.log_metrics(result.summary())
         provenance = capture_provenance(
             stage="exported", config=settings.to_json(), seeds={}, data_hashes=splits.hashes(),
@@ -117,7 +117,11 @@ def exported_model(
                           "min_agreement": result.quantisation.min_agreement,
                           "max_accuracy_drop_points": result.quantisation.max_accuracy_drop_points,
                           "single_request_label_agreement": result.quantisation_single.label_agreement,
-                          "single_request_accuracy_drop_points": result.quantisation_single.accuracy_drop_points},
+                          "single_request_accuracy_drop_points": result.quantisation_single.accuracy_drop_points,
+                          "int8_only_correct": result.quantisation.int8_only_correct,
+                          "fp32_only_correct": result.quantisation.fp32_only_correct,
+                          "mcnemar_p": result.quantisation.mcnemar_p,
+                          "examples": result.quantisation.examples},
                 description="judged on length-ordered batches of 32; single-request figures reported beside them",
             ),
             dg.AssetCheckResult(

@@ -19,7 +19,7 @@ from assets.stage_records import (
 from resources.artifact_store import ArtifactStore
 from resources.mlflow_tracking import MlflowTracking
 from tl_platform.checkpoints import capture_provenance, write_bundle
-from tl_platform.data.splits import jsonl_bytes, read_splits
+from tl_platform.data.splits import EVAL_SUITE_SPLITS, jsonl_bytes, read_splits
 from tl_platform.evaluation.probe import linear_probe
 from tl_platform.models.embedding import embed_texts
 from tl_platform.models.foundation import (
@@ -30,8 +30,6 @@ from tl_platform.models.foundation import (
     load_tokenizer,
     resolve_source,
 )
-
-EVAL_SUITE_SPLITS = ("validation", "test")
 
 
 class FoundationConfig(dg.Config):

@@ -8,7 +8,8 @@ Starts each server as its own process on this machine and drives it over HTTP fr
 - ``mlflow models serve`` of the same fine-tuned model (Transformers flavour, local env manager).
 
 At concurrency 1, 8 and 32 it prints requests/s and p50/p99 latency, then the ratios the serving issue
-targets, and the eval-suite accuracy of each server against PyTorch's. Run the main job first (make demo).
+targets, and the eval-suite accuracy of each server against PyTorch's (the eval suite the export's gates
+judged: validation and test). Run the main job first (make demo).
 
     .venv/bin/python bench/serving_throughput.py
     .venv/bin/python bench/serving_throughput.py --requests 200 --skip-mlflow
@@ -17,6 +18,7 @@ targets, and the eval-suite accuracy of each server against PyTorch's. Run the m
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -36,6 +38,8 @@ import numpy as np
 from tl_platform.checkpoints import verify_bundle
 from tl_platform.data.schema import LabelSchema
 from tl_platform.data.splits import read_split_jsonl
+from tl_platform.export.exported_bundle import EVAL_SUITE_FILE
+from tl_platform.export.gates import mcnemar_exact_p
 from tl_platform.local_state import StageNotMaterialisedError, latest_published
 from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
 
@@ -76,20 +80,39 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300.
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def drive(send: Callable[[httpx.Client, str], None], texts: Sequence[str], concurrency: int, requests: int) -> LoadResult:
+class Connection:
+    """One keep-alive HTTP/1.1 connection of the load generator (the standard library's client: the load
+    generator shares the machine's cores with the server under test, so it should spend as little CPU as it can)."""
+
+    def __init__(self, port: int) -> None:
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60.0)
+
+    def post_json(self, path: str, body: object) -> tuple[int, bytes]:
+        self._connection.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        response = self._connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def drive(
+    send: Callable[[Connection, str], None], port: int, texts: Sequence[str], concurrency: int, requests: int
+) -> LoadResult:
     """Send ``requests`` single-text requests from ``concurrency`` threads; time each one."""
     latencies: list[float] = []
     errors = 0
-    clients = [httpx.Client(timeout=60.0) for _ in range(concurrency)]
+    connections = [Connection(port) for _ in range(concurrency)]
 
     def worker(index: int) -> tuple[list[float], int]:
-        client, mine, failed = clients[index], [], 0
+        connection, mine, failed = connections[index], [], 0
         for i in range(index, requests, concurrency):
             started = time.perf_counter()
             try:
-                send(client, texts[i % len(texts)])
-            except (httpx.HTTPError, RuntimeError):
+                send(connection, texts[i % len(texts)])
+            except (OSError, http.client.HTTPException, RuntimeError):
                 failed += 1
+                connection.close()  # reconnects on the next request
                 continue
             mine.append((time.perf_counter() - started) * 1000.0)
         return mine, failed
@@ -100,8 +123,8 @@ def drive(send: Callable[[httpx.Client, str], None], texts: Sequence[str], concu
             latencies.extend(mine)
             errors += failed
     seconds = time.perf_counter() - started
-    for client in clients:
-        client.close()
+    for connection in connections:
+        connection.close()
     return LoadResult(
         concurrency, len(latencies), seconds, float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), errors
     )
@@ -127,10 +150,10 @@ class PlatformServer:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_ready(f"http://127.0.0.1:{self.port}/readyz", self.process)
 
-    def send(self, client: httpx.Client, text: str) -> None:
-        response = client.post(f"http://127.0.0.1:{self.port}/predict", json={"text": text, "unit_id": "bench"})
-        if response.status_code != 200:
-            raise RuntimeError(f"{self.name}: HTTP {response.status_code} {response.text[:200]}")
+    def send(self, connection: Connection, text: str) -> None:
+        status, body = connection.post_json("/predict", {"text": text, "unit_id": "bench"})
+        if status != 200:
+            raise RuntimeError(f"{self.name}: HTTP {status} {body[:200]!r}")
 
     def predict_labels(self, texts: Sequence[str]) -> list[str]:
         """One request per text, one at a time: how the throughput runs send them. (Dynamic INT8 quantisation
@@ -178,10 +201,10 @@ class MlflowServer:
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_ready(f"http://127.0.0.1:{self.port}/ping", self.process)
 
-    def send(self, client: httpx.Client, text: str) -> None:
-        response = client.post(f"http://127.0.0.1:{self.port}/invocations", json={"inputs": [text]})
-        if response.status_code != 200:
-            raise RuntimeError(f"mlflow: HTTP {response.status_code} {response.text[:200]}")
+    def send(self, connection: Connection, text: str) -> None:
+        status, body = connection.post_json("/invocations", {"inputs": [text]})
+        if status != 200:
+            raise RuntimeError(f"mlflow: HTTP {status} {body[:200]!r}")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -211,10 +234,10 @@ def main() -> None:
     task_bundle, exported = latest(home, "task_model"), latest(home, "exported_model")
     verify_bundle(task_bundle, "task")
     verify_bundle(exported, "exported")
-    schema = LabelSchema.from_json(json.loads((task_bundle / "label_schema.json").read_text()))
-    eval_set = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
-    texts = list(eval_set.texts)
-    truth = [schema.labels[label] for label in eval_set.labels]  # responses carry the raw label value
+    schema = LabelSchema.from_json(json.loads((exported / "label_schema.json").read_text()))
+    eval_suite = read_split_jsonl(exported / EVAL_SUITE_FILE, schema)  # what the export's gates judged
+    texts = list(eval_suite.texts)
+    truth = [schema.labels[label] for label in eval_suite.labels]  # responses carry the raw label value
 
     variants = {
         "int8": VariantSpec("bench", exported, "int8"),
@@ -244,19 +267,21 @@ def main() -> None:
 
     results: dict[str, dict[int, LoadResult]] = {}
     accuracy: dict[str, float] = {}
+    correct: dict[str, np.ndarray] = {}
     workdir = Path(tempfile.mkdtemp(prefix="tlp-serving-bench-"))
     try:
         for label, start in scenarios:
             server = start(workdir)
             try:
-                send = server.send  # type: ignore[attr-defined]
-                drive(send, texts, 4, 40)  # warm-up
-                results[label] = {c: drive(send, texts, c, args.requests) for c in CONCURRENCIES}
+                send, port = server.send, server.port  # type: ignore[attr-defined]
+                drive(send, port, texts, 4, 40)  # warm-up
+                results[label] = {c: drive(send, port, texts, c, args.requests) for c in CONCURRENCIES}
                 print(label, {c: f"{r.throughput:.1f} req/s, p99 {r.p99_ms:.1f} ms" for c, r in results[label].items()},
                       flush=True)
                 if isinstance(server, PlatformServer):
-                    predicted = server.predict_labels(texts)
-                    accuracy[label] = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+                    right = np.array([p == t for p, t in zip(server.predict_labels(texts), truth, strict=True)])
+                    correct[label] = right
+                    accuracy[label] = float(right.mean())
             finally:
                 server.stop()  # type: ignore[attr-defined]
     finally:
@@ -283,10 +308,15 @@ def main() -> None:
     if "mlflow models serve" in results:
         ours, theirs = results["this server, int8"][8].p99_ms, results["mlflow models serve"][8].p99_ms
         print(f"p99 at concurrency 8: int8 {ours:.1f} ms, mlflow {theirs:.1f} ms ({'no worse' if ours <= theirs else 'WORSE'})")
-    torch_accuracy = accuracy.get("this server, torch")
-    for label, value in accuracy.items():
-        delta = 100 * (value - torch_accuracy) if torch_accuracy is not None else float("nan")
-        print(f"accuracy {label}: {value:.4f} ({delta:+.2f} points against PyTorch eager)")
+    reference = correct.get("this server, torch")
+    for label, right in correct.items():
+        if reference is None:
+            print(f"accuracy {label}: {right.mean():.4f}")
+            continue
+        only, reference_only = int(np.sum(right & ~reference)), int(np.sum(reference & ~right))
+        print(f"accuracy {label}: {right.mean():.4f} ({100 * (right.mean() - reference.mean()):+.2f} points against "
+              f"PyTorch eager, target within 0.5; right where PyTorch was wrong {only}, wrong where it was right "
+              f"{reference_only}, McNemar exact p {mcnemar_exact_p(only, reference_only):.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "results": {k: {str(c): vars(r) | {"throughput": r.throughput} for c, r in v.items()} for k, v in results.items()},

@@ -9,8 +9,8 @@ import pytest
 
 from tests.tiny_bundles import build_tiny_exported_bundle, build_tiny_task_bundle
 from tl_platform.checkpoints import verify_bundle
-from tl_platform.export.exported_bundle import ExportConfig
-from tl_platform.export.gates import check_parity, check_quantisation, measure_latency
+from tl_platform.export.exported_bundle import ExportConfig, export_task_bundle
+from tl_platform.export.gates import check_parity, check_quantisation, mcnemar_exact_p, measure_latency
 from tl_platform.export.onnx_export import ExportError, export_onnx
 from tl_platform.export.runtime import OnnxClassifier, encode
 from tl_platform.monitoring.features import EmbeddingProjection
@@ -31,9 +31,10 @@ def test_exported_bundle_is_sealed_and_passes_its_gates(bundles: tuple[Path, Pat
     gates = json.loads((exported / "reports" / "gates.json").read_text())
     assert gates["parity"]["max_abs_logit_diff"] < 1e-4
     assert gates["quantisation"]["label_agreement"] >= 0.99
-    assert gates["quantisation"]["examples"] == 198
+    assert gates["quantisation"]["examples"] == 99 + 198  # the eval suite: validation and test
     single = gates["quantisation_single_requests"]  # reported beside the gate, judged on batches
-    assert single["examples"] == 198 and 0.9 <= single["label_agreement"] <= 1.0
+    assert single["examples"] == 297 and 0.9 <= single["label_agreement"] <= 1.0
+    assert (exported / "eval_suite.jsonl").read_text().count("\n") == 297
     assert manifest.provenance["stage"] == "exported"
     # the tokenizer is the training tokenizer, byte for byte
     for path in (task / "tokenizer").iterdir():
@@ -93,6 +94,32 @@ def test_quantisation_report_numbers() -> None:
     assert report.accuracy_drop_points == pytest.approx(1.0)
     assert not report.passed  # agreement is enough, but a full point of accuracy is lost
     assert check_quantisation(fp32, int8, labels, 0.99, 1.0).passed
+
+
+def test_discordant_pairs_and_mcnemar() -> None:
+    fp32 = np.array([[2.0, 0.0]] * 20 + [[0.0, 2.0]] * 4)
+    int8 = fp32.copy()
+    int8[:3] = [0.0, 2.0]  # wrong where FP32 was right (truth is 0)
+    int8[20] = [2.0, 0.0]  # right where FP32 was wrong
+    labels = [0] * 24
+    report = check_quantisation(fp32, int8, labels, 0.5, 50.0)
+    assert (report.int8_only_correct, report.fp32_only_correct) == (1, 3)
+    # two-sided exact binomial of 1 in 4 at p = 1/2: (1 + 4 + 4 + 1) / 16
+    assert report.mcnemar_p == pytest.approx(10 / 16)
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(0, 10) == pytest.approx(2 / 1024)
+    with pytest.raises(ValueError, match=r"shapes differ: FP32 logits \(24, 2\), INT8 logits \(23, 2\), labels \(24,\)"):
+        check_quantisation(fp32, int8[:23], labels, 0.5, 50.0)
+
+
+def test_export_refuses_an_eval_suite_without_the_scored_rows(bundles: tuple[Path, Path], tmp_path: Path) -> None:
+    from tests.tiny_bundles import amazon_splits
+
+    task, _ = bundles
+    splits = amazon_splits()
+    with pytest.raises(ValueError, match=r"the eval suite lacks 198 of the 198 rows the task model was scored on"):
+        export_task_bundle(task, tmp_path / "exported", splits.train.texts, splits.validation, ExportConfig())
+    assert not (tmp_path / "exported" / "model_fp32.onnx").exists()  # refused before any work
 
 
 def test_latency_is_measured_per_request() -> None:

@@ -41,6 +41,15 @@ def test_splits_are_disjoint_complete_and_stratified(amazon: LabelledDataset) ->
     assert len(splits.train) == 990 - 198 - 99
 
 
+def test_eval_suite_is_validation_then_test(amazon: LabelledDataset) -> None:
+    splits = stratified_split(amazon, SplitFractions(0.7, 0.1, 0.2), seed=1)
+    suite = splits.eval_suite()
+    assert len(suite) == 99 + 198
+    assert suite.texts == splits.validation.texts + splits.test.texts
+    assert suite.labels == splits.validation.labels + splits.test.labels
+    assert not set(suite.texts) & set(splits.train.texts)
+
+
 def test_written_splits_read_back_with_their_hashes(amazon: LabelledDataset, tmp_path: Path) -> None:
     splits = stratified_split(amazon, SplitFractions(), seed=3)
     splits.write_jsonl(tmp_path)

@@ -9,7 +9,7 @@ Layout of a bundle directory::
     eval_set.jsonl       the frozen eval split the bundle was scored on (task bundles)
     eval_suite/          the frozen held-out splits and label schema (foundation bundles)
     adapter/             LoRA adapter weights and config, when the task model was trained with LoRA
-    model_fp32.onnx, model_int8.onnx, projection.json, serving.json   exported bundles (no model/ directory)
+    model_fp32.onnx, model_int8.onnx, projection.json, serving.json, eval_suite.jsonl   exported bundles (no model/ directory)
     reports/             metrics and pictures (optional)
 """
 
@@ -55,6 +55,7 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
         "label_schema.json",
         "projection.json",
         "serving.json",
+        "eval_suite.jsonl",
     ),
 }
 

@@ -11,6 +11,7 @@ import numpy as np
 from tl_platform.data.schema import DuplicateReport, LabelledDataset, LabelSchema
 
 SPLIT_NAMES = ("train", "validation", "test")
+EVAL_SUITE_SPLITS = ("validation", "test")  # held out from training; every model is judged on them
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,18 @@ class DatasetSplits:
 
     def hashes(self) -> dict[str, str]:
         return {name: split.content_hash() for name, split in self.by_name().items()}
+
+    def eval_suite(self) -> LabelledDataset:
+        """The held-out splits as one dataset (validation rows, then test rows)."""
+        parts = [self.by_name()[name] for name in EVAL_SUITE_SPLITS]
+        return LabelledDataset(
+            texts=tuple(text for part in parts for text in part.texts),
+            labels=tuple(label for part in parts for label in part.labels),
+            schema=self.test.schema,
+            source="eval suite: " + " + ".join(EVAL_SUITE_SPLITS),
+            rows_read=sum(len(part) for part in parts),
+            duplicates=DuplicateReport(0, 0, 0),
+        )
 
     def write_jsonl(self, directory: Path) -> dict[str, Path]:
         """Write each split as JSONL (text, raw label), the label schema, and the seed and hashes beside them."""

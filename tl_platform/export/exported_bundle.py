@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from tl_platform.checkpoints.bundle import load_bundle
-from tl_platform.data.schema import LabelSchema
-from tl_platform.data.splits import read_split_jsonl
+from tl_platform.data.schema import LabelledDataset, LabelSchema
+from tl_platform.data.splits import jsonl_bytes, read_split_jsonl
 from tl_platform.export.gates import (
     LatencyReport,
     ParityReport,
@@ -33,7 +33,7 @@ from tl_platform.validation import require as _require
 
 FP32_FILE = "model_fp32.onnx"
 INT8_FILE = "model_int8.onnx"
-
+EVAL_SUITE_FILE = "eval_suite.jsonl"
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,11 @@ class ExportResult:
             "fp32_accuracy": self.quantisation.fp32_accuracy,
             "int8_accuracy": self.quantisation.int8_accuracy,
             "int8_accuracy_drop_points": self.quantisation.accuracy_drop_points,
+            "int8_mcnemar_p": self.quantisation.mcnemar_p,
             "int8_single_request_label_agreement": self.quantisation_single.label_agreement,
             "int8_single_request_accuracy_drop_points": self.quantisation_single.accuracy_drop_points,
+            "int8_single_request_mcnemar_p": self.quantisation_single.mcnemar_p,
+            "eval_suite_examples": self.quantisation.examples,
             "latency_p50_ms": self.latency.p50_ms,
             "latency_p99_ms": self.latency.p99_ms,
             "fp32_megabytes": self.fp32_bytes / 1e6,
@@ -117,9 +120,13 @@ class ExportResult:
 
 
 def export_task_bundle(
-    task_bundle: Path, directory: Path, train_texts: Sequence[str], config: ExportConfig
+    task_bundle: Path, directory: Path, train_texts: Sequence[str], eval_suite: LabelledDataset, config: ExportConfig
 ) -> ExportResult:
-    """Fill ``directory`` (to be sealed by the caller) with the exported model and the reports of its gates."""
+    """Fill ``directory`` (to be sealed by the caller) with the exported model and the reports of its gates.
+
+    The gates judge the whole eval suite (validation and test): at 198 test sentences one text is half a
+    point, the size of the accuracy budget itself. It must contain the test split the task bundle was scored on.
+    """
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -127,7 +134,17 @@ def export_task_bundle(
     model.eval()
     max_length = int(manifest.provenance["config"]["max_length"])
     schema = LabelSchema.from_json(json.loads((task_bundle / "label_schema.json").read_text()))
-    eval_set = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
+    scored_on = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
+    if eval_suite.schema.labels != schema.labels:
+        raise ValueError(f"eval suite labels {eval_suite.schema.labels} differ from the task model's {schema.labels}")
+    missing = set(zip(scored_on.texts, scored_on.labels, strict=True)) - set(
+        zip(eval_suite.texts, eval_suite.labels, strict=True)
+    )
+    if missing:
+        raise ValueError(
+            f"the eval suite lacks {len(missing)} of the {len(scored_on)} rows the task model was scored on "
+            f"({task_bundle / 'eval_set.jsonl'}); export from the labelled data the task model was trained on"
+        )
 
     directory.mkdir(parents=True, exist_ok=True)
     fp32_path = export_onnx(model, tokenizer, directory / FP32_FILE, config.opset)
@@ -135,16 +152,17 @@ def export_task_bundle(
     # The exact tokenizer artefacts of training, byte for byte: serving must tokenise as training did.
     shutil.copytree(task_bundle / "tokenizer", directory / "tokenizer")
     shutil.copy2(task_bundle / "label_schema.json", directory / "label_schema.json")
+    (directory / EVAL_SUITE_FILE).write_bytes(jsonl_bytes(eval_suite))  # what the gates judged, to judge again
 
     fp32 = OnnxClassifier(fp32_path, intra_op_threads=config.latency_threads)
     int8 = OnnxClassifier(int8_path, intra_op_threads=config.latency_threads)
-    texts = list(eval_set.texts)
+    texts = list(eval_suite.texts)
     fp32_logits, _ = batched_outputs(fp32.run, tokenizer, texts, max_length)
     int8_logits, _ = batched_outputs(int8.run, tokenizer, texts, max_length)
     reference, _ = batched_outputs(_torch_runner(model), tokenizer, texts, max_length)
     parity = check_parity(reference, fp32_logits, config.parity_tolerance)
     quantisation = check_quantisation(
-        fp32_logits, int8_logits, eval_set.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
+        fp32_logits, int8_logits, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
     )
     # Dynamic INT8 scales activations per batch, so a prediction can depend on its batch companions. The gate
     # judges length-ordered batches (how the server batches under load); one text at a time (how it runs at
@@ -152,7 +170,7 @@ def export_task_bundle(
     fp32_single, _ = batched_outputs(fp32.run, tokenizer, texts, max_length, batch_size=1)
     int8_single, _ = batched_outputs(int8.run, tokenizer, texts, max_length, batch_size=1)
     quantisation_single = check_quantisation(
-        fp32_single, int8_single, eval_set.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
+        fp32_single, int8_single, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
     )
     with torch.inference_mode():
         latency = measure_latency(

@@ -32,7 +32,12 @@ class ParityReport:
 
 @dataclass(frozen=True)
 class QuantisationReport:
-    """INT8 predictions against FP32 on the eval suite: label agreement and accuracy in points."""
+    """INT8 predictions against FP32 on the eval suite: label agreement and accuracy in points.
+
+    ``int8_only_correct`` and ``fp32_only_correct`` count the texts exactly one of the two got right (the
+    discordant pairs); ``mcnemar_p`` is McNemar's exact two-sided test on them: whether the accuracy difference
+    is distinguishable from chance at this eval-suite size (one text is 100/examples points).
+    """
 
     label_agreement: float
     fp32_accuracy: float
@@ -40,6 +45,9 @@ class QuantisationReport:
     min_agreement: float
     max_accuracy_drop_points: float
     examples: int
+    int8_only_correct: int
+    fp32_only_correct: int
+    mcnemar_p: float
 
     @property
     def accuracy_drop_points(self) -> float:
@@ -106,15 +114,34 @@ def check_quantisation(
     max_accuracy_drop_points: float,
 ) -> QuantisationReport:
     truth = np.asarray(labels)
-    fp32_pred, int8_pred = fp32_logits.argmax(axis=1), int8_logits.argmax(axis=1)
+    if fp32_logits.shape != int8_logits.shape or fp32_logits.shape[0] != truth.shape[0]:
+        raise ValueError(
+            f"shapes differ: FP32 logits {fp32_logits.shape}, INT8 logits {int8_logits.shape}, labels {truth.shape}"
+        )
+    fp32_right = fp32_logits.argmax(axis=1) == truth
+    int8_right = int8_logits.argmax(axis=1) == truth
+    int8_only, fp32_only = int(np.sum(int8_right & ~fp32_right)), int(np.sum(fp32_right & ~int8_right))
     return QuantisationReport(
-        label_agreement=float((fp32_pred == int8_pred).mean()),
-        fp32_accuracy=float((fp32_pred == truth).mean()),
-        int8_accuracy=float((int8_pred == truth).mean()),
+        label_agreement=float((fp32_logits.argmax(axis=1) == int8_logits.argmax(axis=1)).mean()),
+        fp32_accuracy=float(fp32_right.mean()),
+        int8_accuracy=float(int8_right.mean()),
         min_agreement=min_agreement,
         max_accuracy_drop_points=max_accuracy_drop_points,
         examples=int(truth.shape[0]),
+        int8_only_correct=int8_only,
+        fp32_only_correct=fp32_only,
+        mcnemar_p=mcnemar_exact_p(int8_only, fp32_only),
     )
+
+
+def mcnemar_exact_p(candidate_only_correct: int, reference_only_correct: int) -> float:
+    """McNemar's exact two-sided p-value from the discordant pairs of two classifiers on the same texts."""
+    from scipy.stats import binomtest
+
+    discordant = candidate_only_correct + reference_only_correct
+    if discordant == 0:
+        return 1.0
+    return float(binomtest(candidate_only_correct, discordant, 0.5).pvalue)
 
 
 def measure_latency(
