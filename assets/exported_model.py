@@ -92,7 +92,7 @@ def exported_model(
     if all(gates):
         artifact_store.publish("exported_model", manifest.path, context.run_id)
     reports = {"parity": result.parity.to_json(), "quantisation": result.quantisation.to_json(),
-               "quantisation_single_requests": result.quantisation_single.to_json(),
+               "quantisation_batched": result.quantisation_batched.to_json(),
                "latency": result.latency.to_json()}
     return dg.MaterializeResult(
         metadata={
@@ -116,13 +116,13 @@ def exported_model(
                           "accuracy_drop_points": result.quantisation.accuracy_drop_points,
                           "min_agreement": result.quantisation.min_agreement,
                           "max_accuracy_drop_points": result.quantisation.max_accuracy_drop_points,
-                          "single_request_label_agreement": result.quantisation_single.label_agreement,
-                          "single_request_accuracy_drop_points": result.quantisation_single.accuracy_drop_points,
+                          "batched_label_agreement": result.quantisation_batched.label_agreement,
+                          "batched_accuracy_drop_points": result.quantisation_batched.accuracy_drop_points,
                           "int8_only_correct": result.quantisation.int8_only_correct,
                           "fp32_only_correct": result.quantisation.fp32_only_correct,
                           "mcnemar_p": result.quantisation.mcnemar_p,
                           "examples": result.quantisation.examples},
-                description="judged on length-ordered batches of 32; single-request figures reported beside them",
+                description="judged one text at a time; length-ordered batches of 32 reported beside them",
             ),
             dg.AssetCheckResult(
                 check_name=LATENCY_CHECK, passed=result.latency.passed,

@@ -235,6 +235,8 @@ def main() -> None:
     verify_bundle(task_bundle, "task")
     verify_bundle(exported, "exported")
     schema = LabelSchema.from_json(json.loads((exported / "label_schema.json").read_text()))
+    if not (exported / EVAL_SUITE_FILE).is_file():
+        raise SystemExit(f"{exported} has no {EVAL_SUITE_FILE} (exported before gates kept it): materialise exported_model")
     eval_suite = read_split_jsonl(exported / EVAL_SUITE_FILE, schema)  # what the export's gates judged
     texts = list(eval_suite.texts)
     truth = [schema.labels[label] for label in eval_suite.labels]  # responses carry the raw label value

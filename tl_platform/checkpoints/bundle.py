@@ -9,7 +9,8 @@ Layout of a bundle directory::
     eval_set.jsonl       the frozen eval split the bundle was scored on (task bundles)
     eval_suite/          the frozen held-out splits and label schema (foundation bundles)
     adapter/             LoRA adapter weights and config, when the task model was trained with LoRA
-    model_fp32.onnx, model_int8.onnx, projection.json, serving.json, eval_suite.jsonl   exported bundles (no model/ directory)
+    model_fp32.onnx, model_int8.onnx, projection.json, serving.json   exported bundles (no model/ directory)
+    eval_suite.jsonl     what an exported bundle's gates judged (optional: earlier exports lack it and still serve)
     reports/             metrics and pictures (optional)
 """
 
@@ -55,7 +56,6 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
         "label_schema.json",
         "projection.json",
         "serving.json",
-        "eval_suite.jsonl",
     ),
 }
 
