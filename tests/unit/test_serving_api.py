@@ -136,6 +136,9 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'tlp_request_latency_seconds_count{variant="champion"} 3.0' in text
     assert 'tlp_requests_total{endpoint="/predict",status="200"} 3.0' in text
+    assert 'tlp_requests_total{endpoint="/predict",status="422"} 1.0' in text  # refusals are counted too
+    client.get("/nowhere")
+    assert 'tlp_requests_total{endpoint="other",status="404"} 1.0' in client.get("/metrics").text
     assert 'tlp_errors_total{endpoint="/predict",rule="non_blank"} 1.0' in text
     assert "tlp_batch_size_count 3.0" in text and "tlp_queue_depth 0.0" in text
     assert 'tlp_model_info{precision="int8",variant="champion",version="1"} 1.0' in text
@@ -361,3 +364,49 @@ def test_record_change_swaps_models_and_a_bad_record_keeps_the_old(tmp_path: Pat
         metrics = test_client.get("/metrics").text
         assert 'tlp_deployment_reloads_total{outcome="failed"} 1.0' in metrics
         assert 'tlp_deployment_reloads_total{outcome="ok"} 2.0' in metrics
+
+
+def _tokenizers_under_test(serving_bundles: ServingBundles) -> list[object]:
+    from transformers import AutoTokenizer
+
+    from tl_platform.models.foundation import FoundationSource, load_tokenizer, resolve_source
+
+    return [
+        AutoTokenizer.from_pretrained(serving_bundles.exported / "tokenizer"),  # the tiny test vocabulary
+        load_tokenizer(resolve_source(FoundationSource())),  # the real MiniLM WordPiece tokenizer
+    ]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(min_size=0, max_size=400), min_size=1, max_size=4), max_length=st.sampled_from([8, 64, 256]))
+def test_serving_tokenizer_gives_the_training_ids_on_any_text(
+    serving_bundles: ServingBundles, texts: list[str], max_length: int
+) -> None:
+    from tl_platform.serving.model import ServingTokenizer
+
+    for tokenizer in _TOKENIZERS.setdefault("loaded", _tokenizers_under_test(serving_bundles)):
+        expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # type: ignore[operator]
+        served = ServingTokenizer(tokenizer, max_length)(texts)  # type: ignore[arg-type]
+        assert [list(t.input_ids) for t in served] == expected
+        assert all(t.length <= max_length for t in served)
+
+
+_TOKENIZERS: dict[str, list[object]] = {}
+
+
+def test_a_tokenizer_without_a_rust_backend_goes_through_the_wrapper(serving_bundles: ServingBundles) -> None:
+    from transformers import AutoTokenizer
+
+    from tl_platform.serving.model import ServingTokenizer
+
+    fast = AutoTokenizer.from_pretrained(serving_bundles.exported / "tokenizer")
+
+    class WrapperOnly:  # what a slow (pure Python) tokenizer offers: no backend_tokenizer
+        unk_token_id = fast.unk_token_id
+
+        def __call__(self, texts: list[str], **kwargs: object) -> object:
+            return fast(texts, **kwargs)
+
+    served = ServingTokenizer(WrapperOnly(), 16)(TEXTS + ["word " * 40])  # type: ignore[arg-type]
+    assert [list(t.input_ids) for t in served] == fast(TEXTS + ["word " * 40], truncation=True, max_length=16)["input_ids"]
+    assert served[-1].length == 16

@@ -5,6 +5,7 @@ project every request the same way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,14 @@ class EmbeddingProjection:
             explained_variance_ratio=tuple(float(v) for v in pca.explained_variance_ratio_),
         )
 
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        # built once: converting the tuples on every request cost more than the projection itself
+        return np.asarray(self.mean, dtype=np.float64), np.asarray(self.components, dtype=np.float64).T.copy()
+
     def transform(self, embeddings: np.ndarray) -> np.ndarray:
-        return (np.asarray(embeddings, dtype=np.float64) - np.asarray(self.mean)) @ np.asarray(self.components).T
+        mean, basis = self._arrays
+        return np.asarray((np.asarray(embeddings, dtype=np.float64) - mean) @ basis)
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -64,12 +64,48 @@ ModelLoader = Callable[[VariantSpec, int], ServingModel]  # (spec, intra_op_thre
 def tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[TokenizedText]:
     """Token ids exactly as training produces them (``tokenizer(texts, truncation=True, max_length=...)``)."""
     batch = tokenizer(list(texts), truncation=True, max_length=max_length)
-    unk = tokenizer.unk_token_id
+    return _with_features(texts, batch["input_ids"], tokenizer.unk_token_id)
+
+
+def _with_features(texts: Sequence[str], token_ids: Sequence[Sequence[int]], unk_id: int | None) -> list[TokenizedText]:
     result = []
-    for text, ids in zip(texts, batch["input_ids"], strict=True):
-        unknown = sum(1 for i in ids if i == unk) / max(len(ids), 1)
+    for text, ids in zip(texts, token_ids, strict=True):
+        unknown = sum(1 for i in ids if i == unk_id) / max(len(ids), 1)
         result.append(TokenizedText(tuple(int(i) for i in ids), float(unknown), len(text)))
     return result
+
+
+class ServingTokenizer:
+    """The training tokenizer as serving calls it, many times a second from several threads.
+
+    A fast tokenizer is driven through its own copy of the Rust backend (the same tokenizer.json), set once to
+    truncate as ``tokenizer(texts, truncation=True, max_length=...)`` does: the Python wrapper sets truncation
+    on every call, which costs more than the encoding of a short text and is not safe from two threads at once
+    ("Already borrowed"). Tests hold the ids equal to the wrapper's on arbitrary text. A slow tokenizer goes
+    through the wrapper under a lock.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.max_length = max_length
+        self._wrapper = tokenizer
+        self._unk_id = tokenizer.unk_token_id
+        self._lock = threading.Lock()
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend: Tokenizer | None = None
+        if backend is not None:
+            own = Tokenizer.from_str(backend.to_str())
+            own.no_padding()
+            own.enable_truncation(max_length, direction=str(getattr(tokenizer, "truncation_side", "right")))
+            self._backend = own
+
+    def __call__(self, texts: Sequence[str]) -> list[TokenizedText]:
+        if self._backend is None:
+            with self._lock:
+                return tokenize_texts(self._wrapper, texts, self.max_length)
+        encodings = self._backend.encode_batch(list(texts), add_special_tokens=True)
+        return _with_features(texts, [e.ids for e in encodings], self._unk_id)
 
 
 def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> Encoded:
@@ -108,15 +144,12 @@ class BundleModel:
         self.label_names = tuple(str(name) for name in serving.get("label_names", serving["labels"]))
         self.projection = EmbeddingProjection.from_json(json.loads((bundle / "projection.json").read_text()))
         self._runner = runner
-        self._tokenizer = tokenizer
+        self._tokenizer = ServingTokenizer(tokenizer, self.max_length)
         self._pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self._padding_side = str(getattr(tokenizer, "padding_side", "right"))
-        # A fast tokenizer with truncation set is not safe to call from two threads at once ("Already borrowed").
-        self._tokenizer_lock = threading.Lock()
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
-        with self._tokenizer_lock:
-            return tokenize_texts(self._tokenizer, texts, self.max_length)
+        return self._tokenizer(texts)
 
     def infer(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         return self._runner(pad_batch(token_ids, self._pad_id, self._padding_side))

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +64,7 @@ class PredictionRow:
     error: str | None = None
 
     def to_db(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = dict(vars(self))  # shallow: dataclasses.asdict deep-copies, a visible share of the server's CPU
         data["probabilities"] = json.dumps(self.probabilities) if self.probabilities is not None else None
         data["projection"] = json.dumps(list(self.projection))
         return data

@@ -128,7 +128,11 @@ class PredictionService:
         variant, model, shadow_model = self.route(unit_id if unit_id is not None else request_id)
         tokens = model.tokenize(texts)
         futures = [self.batcher.submit(model, token.input_ids) for token in tokens]
-        outputs: list[ItemOutput] = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        outputs: list[ItemOutput]
+        if len(futures) == 1:  # the common case, without gather's bookkeeping
+            outputs = [await asyncio.wrap_future(futures[0])]
+        else:
+            outputs = list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
         scored, projection = score_rows(
             model, tokens, np.stack([o.logits for o in outputs]), np.stack([o.embedding for o in outputs])
         )
