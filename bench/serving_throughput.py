@@ -7,8 +7,10 @@ Starts each server as its own process on this machine and drives it over HTTP fr
   batching;
 - ``mlflow models serve`` of the same fine-tuned model (Transformers flavour, local env manager).
 
-At concurrency 1, 8 and 32 it prints requests/s and p50/p99 latency, then the ratios the serving issue
-targets, and the eval-suite accuracy of each server against PyTorch's (the eval suite the export's gates
+All servers run at once and are driven in turn, round after round (default 3), so that every ratio compares
+figures taken minutes apart at most on this shared machine. At concurrency 1, 8 and 32 it prints the medians
+over rounds of requests/s and p50/p99 latency, then the ratios the serving issue targets (median and range
+over rounds), and the eval-suite accuracy of each server against PyTorch's (the eval suite the export's gates
 judged: validation and test). Run the main job first (make demo).
 
     .venv/bin/python bench/serving_throughput.py
@@ -221,7 +223,8 @@ def latest(home: Path, stage: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=os.environ.get("TLP_HOME", ".tlp"))
-    parser.add_argument("--requests", type=int, default=400, help="requests per server and concurrency")
+    parser.add_argument("--requests", type=int, default=400, help="requests per server, concurrency and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians over them")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch threads per batch worker")
     parser.add_argument("--max-wait-ms", type=float, default=0.0, help="batching wait (0: take what is queued)")
     parser.add_argument("--batch-workers", type=int, default=2, help="batch worker threads of each server")
@@ -267,49 +270,67 @@ def main() -> None:
     if "mlflow" in chosen:
         scenarios.append(("mlflow models serve", lambda w: MlflowServer(task_bundle, w)))
 
-    results: dict[str, dict[int, LoadResult]] = {}
+    # Every server runs at once, idle but for the one under load; each round drives every server at every
+    # concurrency, in an order rotated per round. A ratio is taken within a round (the machine is shared and its
+    # speed drifts over minutes); the table shows medians over rounds and each ratio its median and range.
+    rounds: list[dict[str, dict[int, LoadResult]]] = []
     accuracy: dict[str, float] = {}
     correct: dict[str, np.ndarray] = {}
+    servers: dict[str, object] = {}
     workdir = Path(tempfile.mkdtemp(prefix="tlp-serving-bench-"))
     try:
         for label, start in scenarios:
-            server = start(workdir)
-            try:
-                send, port = server.send, server.port  # type: ignore[attr-defined]
-                drive(send, port, texts, 4, 40)  # warm-up
-                results[label] = {c: drive(send, port, texts, c, args.requests) for c in CONCURRENCIES}
-                print(label, {c: f"{r.throughput:.1f} req/s, p99 {r.p99_ms:.1f} ms" for c, r in results[label].items()},
-                      flush=True)
-                if isinstance(server, PlatformServer):
-                    right = np.array([p == t for p, t in zip(server.predict_labels(texts), truth, strict=True)])
-                    correct[label] = right
-                    accuracy[label] = float(right.mean())
-            finally:
-                server.stop()  # type: ignore[attr-defined]
+            servers[label] = start(workdir)
+            drive(servers[label].send, servers[label].port, texts, 4, 40)  # type: ignore[attr-defined]  # warm-up
+        for index in range(args.rounds):
+            order = list(servers)[index % len(servers):] + list(servers)[: index % len(servers)]
+            results: dict[str, dict[int, LoadResult]] = {label: {} for label in servers}
+            for c in CONCURRENCIES:
+                for label in order:
+                    server = servers[label]
+                    results[label][c] = drive(server.send, server.port, texts, c, args.requests)  # type: ignore[attr-defined]
+            rounds.append(results)
+            print(f"round {index + 1}:", {label: {c: f"{r.throughput:.0f}/s p99 {r.p99_ms:.0f} ms" for c, r in by_c.items()}
+                                           for label, by_c in results.items()}, flush=True)
+        for label, server in servers.items():
+            if isinstance(server, PlatformServer):
+                right = np.array([p == t for p, t in zip(server.predict_labels(texts), truth, strict=True)])
+                correct[label] = right
+                accuracy[label] = float(right.mean())
     finally:
+        for server in servers.values():
+            server.stop()  # type: ignore[attr-defined]
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"eval suite: {len(texts)} sentences; {args.requests} single-text requests per concurrency; "
-          f"{args.batch_workers} batch workers x {args.threads} inference threads, max wait {args.max_wait_ms} ms; "
-          f"machine: {os.cpu_count()} cores, load generator on the same machine")
-    print(f"{'server':34} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for label, by_concurrency in results.items():
-        for c, r in by_concurrency.items():
-            print(f"{label:34} {c:>4} {r.throughput:8.1f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.errors:>6}")
-    ratios: dict[str, float] = {}
+    def median(label: str, c: int, field: str) -> float:
+        return float(np.median([getattr(r[label][c], field) for r in rounds]))
+
+    print(f"eval suite: {len(texts)} sentences; {args.requests} single-text requests per server, concurrency and "
+          f"round; {args.rounds} rounds; {args.batch_workers} batch workers x {args.threads} inference threads, "
+          f"max wait {args.max_wait_ms} ms; machine: {os.cpu_count()} cores, load generator on the same machine")
+    print(f"{'server (median over rounds)':34} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for label in servers:
+        for c in CONCURRENCIES:
+            errors = sum(r[label][c].errors for r in rounds)
+            print(f"{label:34} {c:>4} {median(label, c, 'throughput'):8.1f} {median(label, c, 'p50_ms'):8.1f} "
+                  f"{median(label, c, 'p99_ms'):8.1f} {errors:>6}")
+    ratios: dict[str, dict[str, float]] = {}
 
     def ratio(name: str, numerator: str, denominator: str, concurrency: int, target: float) -> None:
-        if numerator in results and denominator in results:
-            value = results[numerator][concurrency].throughput / results[denominator][concurrency].throughput
-            ratios[name] = value
-            print(f"{name}: {value:.2f}x (target >= {target}x: {'met' if value >= target else 'NOT met'})")
+        if numerator in servers and denominator in servers:
+            values = [r[numerator][concurrency].throughput / r[denominator][concurrency].throughput for r in rounds]
+            value = float(np.median(values))
+            ratios[name] = {"median": value, "min": min(values), "max": max(values)}
+            print(f"{name}: {value:.2f}x median of {len(values)} rounds (range {min(values):.2f}-{max(values):.2f}; "
+                  f"target >= {target}x: {'met' if value >= target else 'NOT met'})")
 
     ratio("int8 / torch eager, concurrency 8", "this server, int8", "this server, torch", 8, 2.0)
     ratio("int8 / mlflow models serve, concurrency 8", "this server, int8", "mlflow models serve", 8, 5.0)
     ratio("batched / one at a time int8, concurrency 32", "this server, int8", "this server, int8, one at a time", 32, 1.4)
-    if "mlflow models serve" in results:
-        ours, theirs = results["this server, int8"][8].p99_ms, results["mlflow models serve"][8].p99_ms
-        print(f"p99 at concurrency 8: int8 {ours:.1f} ms, mlflow {theirs:.1f} ms ({'no worse' if ours <= theirs else 'WORSE'})")
+    if "mlflow models serve" in servers and "this server, int8" in servers:
+        ours, theirs = median("this server, int8", 8, "p99_ms"), median("mlflow models serve", 8, "p99_ms")
+        print(f"p99 at concurrency 8 (median over rounds): int8 {ours:.1f} ms, mlflow {theirs:.1f} ms "
+              f"({'no worse' if ours <= theirs else 'WORSE'})")
     reference = correct.get("this server, torch")
     for label, right in correct.items():
         if reference is None:
@@ -321,10 +342,10 @@ def main() -> None:
               f"{reference_only}, McNemar exact p {mcnemar_exact_p(only, reference_only):.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "results": {k: {str(c): vars(r) | {"throughput": r.throughput} for c, r in v.items()} for k, v in results.items()},
+            "rounds": [{k: {str(c): vars(r) | {"throughput": r.throughput} for c, r in v.items()} for k, v in rnd.items()}
+                       for rnd in rounds],
             "ratios": ratios, "accuracy": accuracy,
         }, indent=2))
-
 
 if __name__ == "__main__":
     main()
