@@ -407,6 +407,7 @@ def test_a_tokenizer_without_a_rust_backend_goes_through_the_wrapper(serving_bun
         def __call__(self, texts: list[str], **kwargs: object) -> object:
             return fast(texts, **kwargs)
 
-    served = ServingTokenizer(WrapperOnly(), 16)(TEXTS + ["word " * 40])  # type: ignore[arg-type]
-    assert [list(t.input_ids) for t in served] == fast(TEXTS + ["word " * 40], truncation=True, max_length=16)["input_ids"]
+    texts = [*TEXTS, "word " * 40]
+    served = ServingTokenizer(WrapperOnly(), 16)(texts)  # type: ignore[arg-type]
+    assert [list(t.input_ids) for t in served] == fast(texts, truncation=True, max_length=16)["input_ids"]
     assert served[-1].length == 16
