@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -40,6 +41,7 @@ import numpy as np
 from tl_platform.checkpoints import verify_bundle
 from tl_platform.data.schema import LabelSchema
 from tl_platform.data.splits import read_split_jsonl
+from tl_platform.economics.serving import REPLICA_THROUGHPUT_KEY
 from tl_platform.export.exported_bundle import EVAL_SUITE_FILE
 from tl_platform.export.gates import mcnemar_exact_p
 from tl_platform.local_state import StageNotMaterialisedError, latest_published
@@ -341,11 +343,22 @@ def main() -> None:
               f"PyTorch eager, target within 0.5; right where PyTorch was wrong {only}, wrong where it was right "
               f"{reference_only}, McNemar exact p {mcnemar_exact_p(only, reference_only):.3f})")
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        document: dict[str, object] = {
             "rounds": [{k: {str(c): vars(r) | {"throughput": r.throughput} for c, r in v.items()} for k, v in rnd.items()}
                        for rnd in rounds],
             "ratios": ratios, "accuracy": accuracy,
-        }, indent=2))
+        }
+        if "this server, int8" in servers:  # what `tlp report --serving-bench` prices a replica by
+            document[REPLICA_THROUGHPUT_KEY] = {
+                "requests_per_second": median("this server, int8", max(CONCURRENCIES), "throughput"),
+                "server": "this server, INT8 ONNX, dynamic batching",
+                "concurrency": max(CONCURRENCIES),
+                "rounds": args.rounds,
+                "cpu_cores": os.cpu_count(),
+                "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "note": "load generator on the same machine",
+            }
+        Path(args.json).write_text(json.dumps(document, indent=2))
 
 if __name__ == "__main__":
     main()

@@ -245,6 +245,18 @@ def report_run_config(args: argparse.Namespace) -> RunConfig:
         config["ops"].update(_load_config_file(Path(args.config)).get("ops", {}))
     if args.owner:
         config["ops"].setdefault("roi_curve", {"config": {}}).setdefault("config", {})["monitoring_owner"] = args.owner
+    if args.serving_bench:
+        from tl_platform.economics.serving import throughput_from_bench
+
+        path = Path(args.serving_bench)
+        if not path.is_file():
+            raise SystemExit(f"tlp: serving bench file {path} does not exist")
+        try:
+            rate, source = throughput_from_bench(json.loads(path.read_text(encoding="utf-8")), str(path))
+        except (ValueError, json.JSONDecodeError) as err:
+            raise SystemExit(f"tlp: {err}") from err
+        cost = config["ops"].setdefault("cost_report", {"config": {}}).setdefault("config", {})
+        cost.update({"serving_throughput_requests_per_second": rate, "serving_throughput_source": source})
     return config
 
 
@@ -255,6 +267,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.materialise:
         if not args.owner and not args.config:
             raise SystemExit("tlp: --materialise needs --owner NAME (who owns the monitoring loop) or a --config file")
+    elif args.serving_bench:
+        raise SystemExit("tlp: --serving-bench feeds the cost report when it is materialised: add --materialise")
         env = _environment()
         config_path = Path(env["TLP_HOME"]) / "last_report_config.json"
         config_path.write_text(json.dumps(report_run_config(args), indent=2))
@@ -353,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--materialise", action="store_true", help="materialise the three assets first (dagster)")
     report.add_argument("--owner", help="with --materialise: who owns the monitoring loop (required by roi_curve)")
     report.add_argument("--config", help="with --materialise: a run config file for the three assets")
+    report.add_argument(
+        "--serving-bench", help="with --materialise: price a replica by this bench/serving_throughput.py --json file"
+    )
     report.set_defaults(func=cmd_report)
 
     serve = sub.add_parser("serve", help="the prediction API (FastAPI, ONNX Runtime) on a deployment record")

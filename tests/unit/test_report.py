@@ -151,6 +151,61 @@ def test_report_run_config_sets_the_owner_over_a_file(tmp_path: Path) -> None:
     }
 
 
+BENCH_BLOCK = {"requests_per_second": 280.5, "server": "this server, INT8 ONNX, dynamic batching", "concurrency": 32,
+               "rounds": 3, "cpu_cores": 2, "measured_at": "2026-11-25T19:10:00+00:00", "note": "load generator on the same machine"}
+
+
+def test_a_serving_bench_file_prices_the_replica(tmp_path: Path) -> None:
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"ratios": {}, "replica_throughput": BENCH_BLOCK}))
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"ops": {"cost_report": {"config": {"a100_hour_usd": 1.2}}}}))
+    args = build_parser().parse_args(
+        ["report", "--materialise", "--owner", "Grace", "--config", str(config_file), "--serving-bench", str(bench)]
+    )
+    cost = report_run_config(args)["ops"]["cost_report"]["config"]
+    assert cost["a100_hour_usd"] == 1.2  # the file's settings stay
+    assert cost["serving_throughput_requests_per_second"] == 280.5
+    assert cost["serving_throughput_source"] == (
+        "measured by bench/serving_throughput.py: this server, INT8 ONNX, dynamic batching, concurrency 32, "
+        "median of 3 rounds, 2-core CPU, load generator on the same machine, measured 2026-11-25T19:10:00+00:00"
+    )
+
+
+RATE = r"replica_throughput\.requests_per_second must be a positive number, got "
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"ratios": {}}, r"no 'replica_throughput' object; write it with bench/serving_throughput\.py --json"),
+        ({"replica_throughput": [1]}, r"no 'replica_throughput' object"),
+        ({"replica_throughput": {}}, RATE + r"None"),
+        ({"replica_throughput": {"requests_per_second": "fast"}}, RATE + r"'fast'"),
+        ({"replica_throughput": {"requests_per_second": 0}}, RATE + r"0"),
+        ({"replica_throughput": {"requests_per_second": True}}, RATE + r"True"),
+        ({"replica_throughput": {"requests_per_second": float("nan")}}, RATE + r"nan"),
+    ],
+)
+def test_a_malformed_serving_bench_file_is_named(document: dict[str, object], message: str) -> None:
+    from tl_platform.economics.serving import throughput_from_bench
+
+    with pytest.raises(ValueError, match=r"bench\.json: " + message):
+        throughput_from_bench(document, "bench.json")
+
+
+def test_serving_bench_flag_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["report", "--materialise", "--owner", "G", "--serving-bench", str(tmp_path / "no.json")])
+    with pytest.raises(SystemExit, match=r"serving bench file .*no\.json does not exist"):
+        report_run_config(args)
+    (tmp_path / "bad.json").write_text("{not json")
+    args = build_parser().parse_args(["report", "--materialise", "--owner", "G", "--serving-bench", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match=r"tlp: Expecting property name"):
+        report_run_config(args)
+    with pytest.raises(SystemExit, match=r"--serving-bench feeds the cost report when it is materialised: add --materialise"):
+        main(["report", "--serving-bench", str(tmp_path / "bad.json"), "--out", str(tmp_path / "p.html")])
+
+
 def test_tlp_plan_prints_the_plan_and_writes_a_run_config_tlp_run_reads(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,11 +12,14 @@ self-hosted request there is no crossover. Counting the always-on replicas as fi
 marginal overstates self-hosting a little while the load fits inside those replicas; the error favours the API.
 
 The throughput default, 370 requests/s, is the ONNX Runtime INT8 figure measured on a 2-core CPU with
-requests batched by 8 (shared/DESIGN.md); it is an assumption until the serving benchmark feeds it.
+requests batched by 8 (shared/DESIGN.md): an assumption. ``throughput_from_bench`` reads the figure that
+``bench/serving_throughput.py --json`` measured over HTTP instead (``tlp report --serving-bench FILE``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +30,31 @@ HOURS_PER_DAY = 24.0
 ASSUMED_THROUGHPUT_SOURCE = (
     "assumed: ONNX INT8, batches of 8, 2-core CPU, from shared/DESIGN.md; to be replaced by the serving benchmark"
 )
+
+
+REPLICA_THROUGHPUT_KEY = "replica_throughput"
+
+
+def throughput_from_bench(document: Mapping[str, Any], origin: str = "the serving bench") -> tuple[float, str]:
+    """(requests/s, where it comes from) out of ``bench/serving_throughput.py --json``'s output.
+
+    Raises ValueError naming the missing or malformed field.
+    """
+    block = document.get(REPLICA_THROUGHPUT_KEY)
+    if not isinstance(block, Mapping):
+        raise ValueError(
+            f"{origin}: no {REPLICA_THROUGHPUT_KEY!r} object; write it with bench/serving_throughput.py --json "
+            "including the int8 scenario"
+        )
+    rate = block.get("requests_per_second")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"{origin}: {REPLICA_THROUGHPUT_KEY}.requests_per_second must be a positive number, got {rate!r}")
+    details = []
+    for field, template in (("server", "{}"), ("concurrency", "concurrency {}"), ("rounds", "median of {} rounds"),
+                            ("cpu_cores", "{}-core CPU"), ("note", "{}"), ("measured_at", "measured {}")):
+        if block.get(field) is not None:
+            details.append(template.format(block[field]))
+    return float(rate), "measured by bench/serving_throughput.py: " + ", ".join(details)
 
 
 @dataclass(frozen=True)
