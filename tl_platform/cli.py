@@ -264,11 +264,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Render the published plan, cost report and ROI curve to one HTML page; --materialise makes them first."""
     from tl_platform.economics.report import ProposalIncompleteError, load_proposal, render_proposal_html
 
+    if args.serving_bench and not args.materialise:
+        raise SystemExit("tlp: --serving-bench feeds the cost report when it is materialised: add --materialise")
     if args.materialise:
         if not args.owner and not args.config:
             raise SystemExit("tlp: --materialise needs --owner NAME (who owns the monitoring loop) or a --config file")
-    elif args.serving_bench:
-        raise SystemExit("tlp: --serving-bench feeds the cost report when it is materialised: add --materialise")
         env = _environment()
         config_path = Path(env["TLP_HOME"]) / "last_report_config.json"
         config_path.write_text(json.dumps(report_run_config(args), indent=2))

@@ -206,6 +206,27 @@ def test_serving_bench_flag_refuses_what_it_cannot_use(tmp_path: Path) -> None:
         main(["report", "--serving-bench", str(tmp_path / "bad.json"), "--out", str(tmp_path / "p.html")])
 
 
+def test_report_materialises_with_the_measured_throughput(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"replica_throughput": BENCH_BLOCK}))
+    launched: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        launched.append(command)
+        return subprocess.CompletedProcess(command, 3)  # dagster's exit status is handed back
+
+    monkeypatch.setenv("TLP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    code = main(["report", "--materialise", "--owner", "G", "--serving-bench", str(bench), "--out", str(tmp_path / "p.html")])
+    assert code == 3 and len(launched) == 1
+    command = launched[0]
+    assert command[1:4] == ["asset", "materialize", "-m"] and "transfer_plan,cost_report,roi_curve" in command
+    config = json.loads(Path(command[command.index("-c") + 1]).read_text())
+    assert config["ops"]["cost_report"]["config"]["serving_throughput_requests_per_second"] == 280.5
+
+
 def test_tlp_plan_prints_the_plan_and_writes_a_run_config_tlp_run_reads(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
