@@ -26,7 +26,7 @@ class ExportedModelConfig(dg.Config):
 
     opset: int = 18
     parity_tolerance: float = Field(default=1e-3, description="largest |logit difference| ONNX FP32 vs PyTorch")
-    min_int8_agreement: float = Field(default=0.99, description="share of eval predictions INT8 must share with FP32")
+    min_int8_agreement: float = Field(default=0.99, description="share of eval-suite predictions (one text at a time) INT8 must share with FP32")
     max_int8_accuracy_drop_points: float = Field(default=0.5, description="accuracy INT8 may lose, in points")
     latency_budget_p99_ms: float = Field(default=50.0, description="p99 single-request INT8 latency budget")
     latency_threads: int = 1

@@ -43,8 +43,8 @@ class ExportConfig:
     Attributes:
         opset: ONNX opset of the exported graph.
         parity_tolerance: largest allowed |logit difference| between ONNX FP32 and PyTorch on the eval suite.
-        min_int8_agreement: share of eval-suite predictions on which INT8 must agree with FP32.
-        max_int8_accuracy_drop_points: accuracy INT8 may lose against FP32, in percentage points.
+        min_int8_agreement: share of eval-suite predictions, one text at a time, on which INT8 must agree with FP32.
+        max_int8_accuracy_drop_points: accuracy INT8 may lose against FP32 there, in percentage points.
         latency_budget_p99_ms: p99 of single-request INT8 inference (tokenisation included) must stay below this.
         latency_threads: ONNX Runtime intra-op threads used for the latency measurement and by default in serving.
         latency_requests: timed single requests.
