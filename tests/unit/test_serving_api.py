@@ -378,7 +378,18 @@ def _tokenizers_under_test(serving_bundles: ServingBundles) -> list[object]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(st.text(min_size=0, max_size=400), min_size=1, max_size=4), max_length=st.sampled_from([8, 64, 256]))
+@given(
+    texts=st.lists(
+        st.one_of(
+            st.text(min_size=0, max_size=400),
+            # special-token strings inside text, accents, combining marks, emoji, control characters, long runs
+            st.sampled_from(["[CLS] a [SEP] b", "[MASK]", "[PAD] [UNK] x", "café naïve", "e\u0301", "👍🏽 great",
+                             "\x00\t\r\n", "word " * 300, "ünïcödé" * 50]),
+        ),
+        min_size=1, max_size=4,
+    ),
+    max_length=st.sampled_from([8, 64, 256]),
+)
 def test_serving_tokenizer_gives_the_training_ids_on_any_text(
     serving_bundles: ServingBundles, texts: list[str], max_length: int
 ) -> None:
