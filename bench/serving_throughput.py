@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import numpy as np
@@ -132,6 +133,17 @@ def drive(
     return LoadResult(
         concurrency, len(latencies), seconds, float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), errors
     )
+
+
+class BenchServer(Protocol):
+    """A server under load: where it listens, how one text is sent to it, how it is stopped."""
+
+    name: str
+    port: int
+
+    def send(self, connection: Connection, text: str) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class PlatformServer:
@@ -251,12 +263,12 @@ def main() -> None:
         "fp32": VariantSpec("bench", exported, "fp32"),
         "torch": VariantSpec("bench", exported, "torch", torch_bundle=task_bundle),
     }
-    def platform(name: str, variant: VariantSpec, max_batch_size: int) -> Callable[[Path], object]:
+    def platform(name: str, variant: VariantSpec, max_batch_size: int) -> Callable[[Path], BenchServer]:
         return lambda w: PlatformServer(
             name, variant, w, args.threads, max_batch_size, args.max_wait_ms, args.batch_workers
         )
 
-    def one_at_a_time(name: str, variant: VariantSpec) -> Callable[[Path], object]:
+    def one_at_a_time(name: str, variant: VariantSpec) -> Callable[[Path], BenchServer]:
         # serving one request at a time: a single worker, batch size 1, every core on that one request
         cores = args.threads * args.batch_workers
         return lambda w: PlatformServer(name, variant, w, cores, 1, 0.0, 1)
@@ -264,7 +276,7 @@ def main() -> None:
     chosen = set((args.only or "int8,fp32,torch,unbatched,mlflow").split(","))
     if args.skip_mlflow:
         chosen.discard("mlflow")
-    scenarios: list[tuple[str, Callable[[Path], object]]] = [
+    scenarios: list[tuple[str, Callable[[Path], BenchServer]]] = [
         (f"this server, {name}", platform(name, variant, 16)) for name, variant in variants.items() if name in chosen
     ]
     if "unbatched" in chosen:
@@ -278,19 +290,19 @@ def main() -> None:
     rounds: list[dict[str, dict[int, LoadResult]]] = []
     accuracy: dict[str, float] = {}
     correct: dict[str, np.ndarray] = {}
-    servers: dict[str, object] = {}
+    servers: dict[str, BenchServer] = {}
     workdir = Path(tempfile.mkdtemp(prefix="tlp-serving-bench-"))
     try:
         for label, start in scenarios:
             servers[label] = start(workdir)
-            drive(servers[label].send, servers[label].port, texts, 4, 40)  # type: ignore[attr-defined]  # warm-up
+            drive(servers[label].send, servers[label].port, texts, 4, 40)  # warm-up
         for index in range(args.rounds):
             order = list(servers)[index % len(servers):] + list(servers)[: index % len(servers)]
             results: dict[str, dict[int, LoadResult]] = {label: {} for label in servers}
             for c in CONCURRENCIES:
                 for label in order:
                     server = servers[label]
-                    results[label][c] = drive(server.send, server.port, texts, c, args.requests)  # type: ignore[attr-defined]
+                    results[label][c] = drive(server.send, server.port, texts, c, args.requests)
             rounds.append(results)
             print(f"round {index + 1}:", {label: {c: f"{r.throughput:.0f}/s p99 {r.p99_ms:.0f} ms" for c, r in by_c.items()}
                                            for label, by_c in results.items()}, flush=True)
@@ -301,7 +313,7 @@ def main() -> None:
                 accuracy[label] = float(right.mean())
     finally:
         for server in servers.values():
-            server.stop()  # type: ignore[attr-defined]
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     def median(label: str, c: int, field: str) -> float:
