@@ -91,16 +91,13 @@ def exported_model(
         tracked = tracking_metadata(tracker, version)
     if all(gates):
         artifact_store.publish("exported_model", manifest.path, context.run_id)
-    reports = {"parity": result.parity.to_json(), "quantisation": result.quantisation.to_json(),
-               "quantisation_batched": result.quantisation_batched.to_json(),
-               "latency": result.latency.to_json()}
     return dg.MaterializeResult(
         metadata={
             **tracked,
             **bundle_metadata(manifest),
             **{k: float(v) for k, v in result.summary().items()},
             "alias": alias or "none (a gate failed)",
-            "gates": dg.MetadataValue.json(json.loads(json.dumps(reports))),
+            "gates": dg.MetadataValue.json(json.loads(json.dumps(result.gate_reports()))),
         },
         check_results=[
             dg.AssetCheckResult(
