@@ -2,17 +2,21 @@
 
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
+import json
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from assets.exported_model import SERVING_MODEL_NAME
+from assets.stage_records import content_version
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
+from resources.stage_store import StageStore, lineage_metadata
 from tl_platform.checkpoints import verify_bundle
+from tl_platform.experiments.promotion import ensure_champion
 from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
-from tl_platform.tracking.mlflow_tracker import RegisteredVersion, version_by_alias
+from tl_platform.tracking.mlflow_tracker import MlflowRegistry, RegisteredVersion, version_by_alias
 
 
 class DeploymentConfig(dg.Config):
@@ -22,35 +26,54 @@ class DeploymentConfig(dg.Config):
 
 
 def _variant(version: RegisteredVersion, precision: str) -> VariantSpec:
-    bundle = Path((version.tags or {}).get("bundle_path", ""))
-    verify_bundle(bundle, expected_stage="exported")  # refuse to point the server at a missing or altered bundle
-    return VariantSpec(version=version.version, bundle=bundle, precision=precision)  # type: ignore[arg-type]
+    tags = version.tags or {}
+    bundle = Path(tags.get("bundle_path", ""))
+    # refuse to point the server at a missing or altered bundle; the server checks the same digest again
+    manifest = verify_bundle(bundle, expected_stage="exported")
+    recorded = tags.get("bundle_sha256")
+    if recorded and recorded != manifest.bundle_sha256:
+        raise ValueError(
+            f"{version.name} v{version.version}: the bundle at {bundle} has manifest SHA-256 {manifest.bundle_sha256}, "
+            f"the registry recorded {recorded}; the bundle was replaced after registration"
+        )
+    return VariantSpec(
+        version=version.version, bundle=bundle, precision=precision,  # type: ignore[arg-type]
+        bundle_sha256=manifest.bundle_sha256,
+    )
 
 
-@dg.asset(group_name="serving", kinds={"mlflow"}, deps=["exported_model"])
+@dg.asset(group_name="serving", kinds={"mlflow"}, deps=["exported_model"], code_version="2", pool="model_registry")
 def deployment(
     context: dg.AssetExecutionContext,
     config: DeploymentConfig,
+    stage_store: StageStore,
     mlflow: MlflowTracking,
     deployment_target: DeploymentTarget,
 ) -> dg.MaterializeResult:
     """What the serving API serves, written to the one record the server watches.
 
     Resolves the registry aliases ``champion`` and ``challenger`` of the serving model to their exported
-    bundles and records them with the traffic split and shadow mode. Moving an alias and re-materialising
-    this asset hot-swaps the server, with no failed request during the swap.
+    bundles and records them, with their manifest digests, the traffic split and shadow mode. It moves an
+    alias only to bootstrap: a registry without a champion gets the export this run's lineage names as its
+    first champion. Later exports wait as candidates until promotion (an A/B decision or `tlp promote`).
+    Re-materialising this asset after an alias moved hot-swaps the server, with no failed request.
     """
+    exported = stage_store.upstream(context, "exported_model")
+    candidate = str(exported.materialisation.metadata["registered_version"].value)
     settings = mlflow.settings()
-    champion = version_by_alias(settings, SERVING_MODEL_NAME, "champion")
+    with mlflow.retry_when_unavailable():
+        bootstrap = ensure_champion(MlflowRegistry(settings), SERVING_MODEL_NAME, candidate, f"dagster run {context.run_id}")
+        champion = version_by_alias(settings, SERVING_MODEL_NAME, "champion")
+        challenger = version_by_alias(settings, SERVING_MODEL_NAME, "challenger")
     if champion is None:
         raise ValueError(f"{SERVING_MODEL_NAME} has no 'champion' alias; materialise exported_model first")
-    challenger = version_by_alias(settings, SERVING_MODEL_NAME, "challenger")
     if challenger is not None and challenger.version == champion.version:
         challenger = None  # a promoted challenger: the alias still names the champion's version
     if challenger is None and (config.challenger_share > 0 or config.shadow):
         raise ValueError(
             f"deployment asks for challenger_share={config.challenger_share} and shadow={config.shadow}, but "
-            f"{SERVING_MODEL_NAME} has no 'challenger' alias distinct from the champion; export a candidate first"
+            f"{SERVING_MODEL_NAME} has no 'challenger' alias distinct from the champion; promote a candidate "
+            "first (`tlp promote VERSION --alias challenger --reason ...`)"
         )
     record = DeploymentRecord(
         champion=_variant(champion, config.precision),
@@ -59,15 +82,23 @@ def deployment(
         shadow=config.shadow,
     )
     path = write_deployment_record(deployment_target.path(), record)
-    context.log.info(f"deployment record written to {path}")
+    serving = {champion.version, challenger.version if challenger is not None else None}
+    waiting = "no" if candidate in serving else f"v{candidate} awaits promotion (an A/B experiment or tlp promote)"
+    context.log.info(f"deployment record written to {path}; champion v{champion.version}; candidate: {waiting}")
     return dg.MaterializeResult(
         metadata={
+            **lineage_metadata(exported),
             "record": dg.MetadataValue.path(str(path)),
             "champion_version": champion.version,
             "challenger_version": challenger.version if challenger is not None else "none",
+            "candidate_version": candidate,
+            "candidate_waiting": waiting,
+            "bootstrap_promotion": dg.MetadataValue.json(bootstrap.to_json() if bootstrap is not None else {}),
             "challenger_share": record.challenger_share,
             "shadow": record.shadow,
             "precision": config.precision,
             "serving_state": dg.MetadataValue.json(record.to_json()),
-        }
+        },
+        # what serves (versions and bundle digests, split, shadow), not when the record was written
+        data_version=content_version(json.dumps({k: v for k, v in record.to_json().items() if k != "updated_at"}, sort_keys=True)),
     )

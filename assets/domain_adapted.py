@@ -3,13 +3,21 @@
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
 import json
+import shutil
 
 import dagster as dg
 from pydantic import Field
 
-from assets.stage_records import bundle_metadata, log_split_inputs, register_bundle, tracking_metadata
-from resources.artifact_store import ArtifactStore
+from assets.stage_records import (
+    bundle_metadata,
+    content_version,
+    log_split_inputs,
+    raise_if_gates_failed,
+    register_bundle,
+    tracking_metadata,
+)
 from resources.mlflow_tracking import MlflowTracking
+from resources.stage_store import StageStore, lineage_metadata
 from tl_platform.checkpoints import capture_provenance, verify_bundle, write_bundle
 from tl_platform.data.splits import read_splits
 from tl_platform.models.foundation import load_tokenizer
@@ -42,6 +50,8 @@ class DomainAdaptedConfig(dg.Config):
     group_name="transfer",
     kinds={"pytorch", "mlflow"},
     deps=["foundation_model", "labelled_data"],
+    code_version="2",
+    pool="training",
     check_specs=[
         dg.AssetCheckSpec(
             PERPLEXITY_CHECK,
@@ -54,24 +64,31 @@ class DomainAdaptedConfig(dg.Config):
 def domain_adapted_model(
     context: dg.AssetExecutionContext,
     config: DomainAdaptedConfig,
-    artifact_store: ArtifactStore,
+    stage_store: StageStore,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """The foundation encoder after continued MLM pretraining on unlabelled text of the target domain.
 
     Trains on the texts of the training split (labels unused) and measures perplexity on the held-out texts
-    (validation and test) with one fixed masking, before and after. The blocking check stops fine-tuning on
-    an encoder that did not get closer to the domain. Disabled by config, the foundation model passes through.
+    (validation and test) with one fixed masking, before and after. An encoder whose perplexity did not fall
+    fails the step: nothing is materialised, and fine-tuning never starts from it. Disabled by config, the
+    foundation model passes through.
     """
     settings = config.to_library()
-    foundation = verify_bundle(artifact_store.latest("foundation_model"), expected_stage="foundation")
+    upstream_foundation = stage_store.upstream(context, "foundation_model")
+    foundation = verify_bundle(upstream_foundation.path / "bundle", expected_stage="foundation")
     with mlflow.run_for_asset(context) as tracker:
         tracker.log_params({f"domain_adaptation.{k}": v for k, v in settings.to_json().items()})
         if not settings.enabled:
             tracker.set_tags({"skipped": "true"})
-            artifact_store.publish("domain_adapted_model", foundation.path, context.run_id)
             return dg.MaterializeResult(
-                metadata={**tracking_metadata(tracker, None), **bundle_metadata(foundation), "skipped": True},
+                metadata={
+                    **tracking_metadata(tracker, None),
+                    **stage_store.pass_through(upstream_foundation),
+                    **lineage_metadata(upstream_foundation),
+                    **bundle_metadata(foundation),
+                    "skipped": True,
+                },
                 check_results=[
                     dg.AssetCheckResult(
                         check_name=PERPLEXITY_CHECK,
@@ -80,13 +97,14 @@ def domain_adapted_model(
                         description="stage disabled by config; the foundation model passes through unadapted",
                     )
                 ],
-                data_version=dg.DataVersion(foundation.bundle_sha256[:16]),
+                data_version=content_version(foundation.content_sha256()),
             )
 
-        splits = read_splits(artifact_store.latest("labelled_data"))
+        data = stage_store.upstream(context, "labelled_data")
+        splits = read_splits(data.path)
         log_split_inputs(tracker, splits)  # train texts are trained on (labels unused); the rest measure perplexity
         tokenizer = load_tokenizer(str(foundation.path / "tokenizer"))
-        directory = artifact_store.version_dir("domain_adapted_model", context.run_id)
+        directory = stage_store.output_dir(context)
         result = adapt_to_domain(
             foundation.path / "model",
             tokenizer,
@@ -97,6 +115,22 @@ def domain_adapted_model(
             tracker=tracker,
         )
         tracker.log_metrics(result.summary())
+        numbers = {
+            "perplexity_before": result.perplexity_before,
+            "perplexity_after": result.perplexity_after,
+            "heldout_masked_tokens": result.heldout_masked_tokens,
+        }
+        checks = raise_if_gates_failed(
+            context,
+            [
+                dg.AssetCheckResult(
+                    check_name=PERPLEXITY_CHECK,
+                    passed=result.perplexity_fell,
+                    metadata=numbers,
+                    description=f"held-out perplexity {result.perplexity_before:.2f} -> {result.perplexity_after:.2f}",
+                )
+            ],
+        )
         provenance = capture_provenance(
             stage="domain_adapted",
             config=settings.to_json(),
@@ -110,18 +144,15 @@ def domain_adapted_model(
             directory / "bundle", model=result.encoder, tokenizer=tokenizer, provenance=provenance,
             extra_files={"reports/perplexity.json": report},
         )
-        version = register_bundle(tracker, manifest, context) if result.perplexity_fell else None
+        shutil.rmtree(directory / "work", ignore_errors=True)  # trainer checkpoints: the bundle holds the result
+        version = register_bundle(tracker, manifest, context)
         tracked = tracking_metadata(tracker, version)
-    if result.perplexity_fell:
-        artifact_store.publish("domain_adapted_model", manifest.path, context.run_id)
-    numbers = {
-        "perplexity_before": result.perplexity_before,
-        "perplexity_after": result.perplexity_after,
-        "heldout_masked_tokens": result.heldout_masked_tokens,
-    }
+        stored = stage_store.save(context, directory)
     return dg.MaterializeResult(
         metadata={
             **tracked,
+            **stored,
+            **lineage_metadata(upstream_foundation, data),
             **bundle_metadata(manifest),
             **numbers,
             "perplexity_by_epoch": dg.MetadataValue.json(list(result.perplexity_by_epoch)),
@@ -130,15 +161,6 @@ def domain_adapted_model(
             "train_texts": result.train_texts,
             "train_samples_per_second": result.train_samples_per_second,
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=PERPLEXITY_CHECK,
-                passed=result.perplexity_fell,
-                metadata=numbers,
-                description=(
-                    f"held-out perplexity {result.perplexity_before:.2f} -> {result.perplexity_after:.2f}"
-                ),
-            )
-        ],
-        data_version=dg.DataVersion(manifest.bundle_sha256[:16]),
+        check_results=checks,
+        data_version=content_version(manifest.content_sha256()),
     )

@@ -7,13 +7,13 @@ import json
 import dagster as dg
 from pydantic import Field
 
-from assets.stage_records import bundle_metadata, tracking_metadata
-from resources.artifact_store import ArtifactStore
+from assets.stage_records import bundle_metadata, content_version, raise_if_gates_failed, tracking_metadata
 from resources.mlflow_tracking import MlflowTracking
+from resources.stage_store import StageStore, lineage_metadata
 from tl_platform.checkpoints import capture_provenance, seal_bundle, verify_bundle
 from tl_platform.data.splits import read_splits
-from tl_platform.export.exported_bundle import ExportConfig, export_task_bundle
-from tl_platform.tracking.mlflow_tracker import set_alias, version_by_alias
+from tl_platform.experiments.promotion import candidate_tags
+from tl_platform.export.exported_bundle import ExportConfig, ExportResult, export_task_bundle
 
 SERVING_MODEL_NAME = "tlp-classifier"
 PARITY_CHECK = "onnx_fp32_parity"
@@ -41,6 +41,7 @@ class ExportedModelConfig(dg.Config):
     group_name="serving",
     kinds={"onnx", "mlflow"},
     deps=["task_model", "labelled_data"],
+    code_version="2",
     check_specs=[
         dg.AssetCheckSpec(PARITY_CHECK, asset="exported_model", blocking=True,
                           description="ONNX FP32 logits match PyTorch within the tolerance on the eval suite"),
@@ -53,20 +54,22 @@ class ExportedModelConfig(dg.Config):
 def exported_model(
     context: dg.AssetExecutionContext,
     config: ExportedModelConfig,
-    artifact_store: ArtifactStore,
+    stage_store: StageStore,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """The task model as ONNX graphs (FP32, and INT8 by ONNX Runtime's dynamic quantisation) for serving.
 
-    Carries the training tokenizer byte for byte and the embedding projection monitoring uses. Nothing is
-    deployed unless ONNX matches PyTorch, INT8 matches FP32, and single requests meet the latency budget.
-    A passing export becomes a version of the registered serving model: the first one is aliased
-    ``champion``, later ones ``challenger`` until an A/B decision promotes them.
+    Carries the training tokenizer byte for byte and the embedding projection monitoring uses. Unless ONNX
+    matches PyTorch, INT8 matches FP32 and single requests meet the latency budget, the step fails and nothing
+    is materialised. A passing export registers a version of the serving model tagged ``candidate``; it moves
+    no alias: only promotion (the A/B decision, the first deployment, or `tlp promote`) does.
     """
     settings = config.to_library()
-    task = verify_bundle(artifact_store.latest("task_model"), expected_stage="task")
-    splits = read_splits(artifact_store.latest("labelled_data"))
-    directory = artifact_store.version_dir("exported_model", context.run_id) / "bundle"
+    upstreams = [stage_store.upstream(context, key) for key in ("task_model", "labelled_data")]
+    task = verify_bundle(upstreams[0].path / "bundle", expected_stage="task")
+    splits = read_splits(upstreams[1].path)
+    output = stage_store.output_dir(context)
+    directory = output / "bundle"
     with mlflow.run_for_asset(context) as tracker:
         tracker.log_params({f"export.{k}": v for k, v in settings.to_json().items()})
         tracker.log_params({"parent_bundle": task.bundle_sha256})
@@ -77,56 +80,59 @@ def exported_model(
             parent_bundle=task.bundle_sha256, extra={"max_length": result.max_length},
         )
         manifest = seal_bundle(directory, provenance)
-        gates = (result.parity.passed, result.quantisation.passed, result.latency.passed)
-        version = None
-        alias = None
-        if all(gates):
-            tags = {"bundle_path": str(manifest.path), "bundle_sha256": manifest.bundle_sha256,
-                    "dagster.run_id": context.run_id}
-            version = tracker.log_bundle(manifest.path, "bundle", SERVING_MODEL_NAME, tags)
-            has_champion = version_by_alias(mlflow.settings(), SERVING_MODEL_NAME, "champion") is not None
-            alias = "challenger" if has_champion else "champion"
-            set_alias(mlflow.settings(), SERVING_MODEL_NAME, alias, version.version)
-            tracker.set_tags({"alias": alias})
+        checks = raise_if_gates_failed(context, gate_results(result))
+        tags = {"bundle_path": str(manifest.path), "bundle_sha256": manifest.bundle_sha256,
+                "dagster.run_id": context.run_id, **candidate_tags()}
+        version = tracker.log_bundle(manifest.path, "bundle", SERVING_MODEL_NAME, tags)
+        tracker.set_tags({"registered_version": version.version, "status": "candidate"})
         tracked = tracking_metadata(tracker, version)
-    if all(gates):
-        artifact_store.publish("exported_model", manifest.path, context.run_id)
+        stored = stage_store.save(context, output)
     return dg.MaterializeResult(
         metadata={
             **tracked,
+            **stored,
+            **lineage_metadata(*upstreams),
             **bundle_metadata(manifest),
             **{k: float(v) for k, v in result.summary().items()},
-            "alias": alias or "none (a gate failed)",
+            "registered_version": version.version,
+            "status": "candidate",
             "gates": dg.MetadataValue.json(json.loads(json.dumps(result.gate_reports()))),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=PARITY_CHECK, passed=result.parity.passed,
-                metadata={"max_abs_logit_diff": result.parity.max_abs_logit_diff,
-                          "tolerance": result.parity.tolerance, "examples": result.parity.examples},
-            ),
-            dg.AssetCheckResult(
-                check_name=QUANTISATION_CHECK, passed=result.quantisation.passed,
-                metadata={"label_agreement": result.quantisation.label_agreement,
-                          "fp32_accuracy": result.quantisation.fp32_accuracy,
-                          "int8_accuracy": result.quantisation.int8_accuracy,
-                          "accuracy_drop_points": result.quantisation.accuracy_drop_points,
-                          "min_agreement": result.quantisation.min_agreement,
-                          "max_accuracy_drop_points": result.quantisation.max_accuracy_drop_points,
-                          "batched_label_agreement": result.quantisation_batched.label_agreement,
-                          "batched_accuracy_drop_points": result.quantisation_batched.accuracy_drop_points,
-                          "int8_only_correct": result.quantisation.int8_only_correct,
-                          "fp32_only_correct": result.quantisation.fp32_only_correct,
-                          "mcnemar_p": result.quantisation.mcnemar_p,
-                          "examples": result.quantisation.examples},
-                description="judged one text at a time; length-ordered batches of 32 reported beside them",
-            ),
-            dg.AssetCheckResult(
-                check_name=LATENCY_CHECK, passed=result.latency.passed,
-                metadata={"p50_ms": result.latency.p50_ms, "p99_ms": result.latency.p99_ms,
-                          "budget_p99_ms": result.latency.budget_p99_ms, "requests": result.latency.requests,
-                          "threads": result.latency.threads},
-            ),
-        ],
-        data_version=dg.DataVersion(manifest.bundle_sha256[:16]),
+        check_results=checks,
+        # serving.json names the task bundle's manifest (which records when it was made): the task's content
+        # version stands in for it, so re-exporting the same weights gives the same data version
+        data_version=content_version(manifest.content_sha256(frozenset({"serving.json"})), task.content_sha256()),
     )
+
+
+def gate_results(result: ExportResult) -> list[dg.AssetCheckResult]:
+    """The three export gates as check results, with the figures each was judged on."""
+    return [
+        dg.AssetCheckResult(
+            check_name=PARITY_CHECK, passed=result.parity.passed,
+            metadata={"max_abs_logit_diff": result.parity.max_abs_logit_diff,
+                      "tolerance": result.parity.tolerance, "examples": result.parity.examples},
+        ),
+        dg.AssetCheckResult(
+            check_name=QUANTISATION_CHECK, passed=result.quantisation.passed,
+            metadata={"label_agreement": result.quantisation.label_agreement,
+                      "fp32_accuracy": result.quantisation.fp32_accuracy,
+                      "int8_accuracy": result.quantisation.int8_accuracy,
+                      "accuracy_drop_points": result.quantisation.accuracy_drop_points,
+                      "min_agreement": result.quantisation.min_agreement,
+                      "max_accuracy_drop_points": result.quantisation.max_accuracy_drop_points,
+                      "batched_label_agreement": result.quantisation_batched.label_agreement,
+                      "batched_accuracy_drop_points": result.quantisation_batched.accuracy_drop_points,
+                      "int8_only_correct": result.quantisation.int8_only_correct,
+                      "fp32_only_correct": result.quantisation.fp32_only_correct,
+                      "mcnemar_p": result.quantisation.mcnemar_p,
+                      "examples": result.quantisation.examples},
+            description="judged one text at a time; length-ordered batches of 32 reported beside them",
+        ),
+        dg.AssetCheckResult(
+            check_name=LATENCY_CHECK, passed=result.latency.passed,
+            metadata={"p50_ms": result.latency.p50_ms, "p99_ms": result.latency.p99_ms,
+                      "budget_p99_ms": result.latency.budget_p99_ms, "requests": result.latency.requests,
+                      "threads": result.latency.threads},
+        ),
+    ]

@@ -12,12 +12,13 @@ from pydantic import Field
 
 from assets.stage_records import (
     bundle_metadata,
+    content_version,
     log_split_inputs,
     register_bundle,
     tracking_metadata,
 )
-from resources.artifact_store import ArtifactStore
 from resources.mlflow_tracking import MlflowTracking
+from resources.stage_store import StageStore, lineage_metadata
 from tl_platform.checkpoints import capture_provenance, write_bundle
 from tl_platform.data.splits import EVAL_SUITE_SPLITS, jsonl_bytes, read_splits
 from tl_platform.evaluation.probe import linear_probe
@@ -41,11 +42,11 @@ class FoundationConfig(dg.Config):
     probe_max_length: int = Field(default=64, description="tokens per text for the linear-probe embeddings")
 
 
-@dg.asset(group_name="transfer", kinds={"pytorch", "mlflow"}, deps=["labelled_data"])
+@dg.asset(group_name="transfer", kinds={"pytorch", "mlflow"}, deps=["labelled_data"], code_version="2")
 def foundation_model(
     context: dg.AssetExecutionContext,
     config: FoundationConfig,
-    artifact_store: ArtifactStore,
+    stage_store: StageStore,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """The pretrained encoder and tokenizer, frozen into a bundle with the eval suite (held-out splits).
@@ -55,7 +56,8 @@ def foundation_model(
     """
     # The tracked run spans the whole stage, so its wall-clock is the stage's measured compute.
     with mlflow.run_for_asset(context) as tracker:
-        splits = read_splits(artifact_store.latest("labelled_data"))
+        data = stage_store.upstream(context, "labelled_data")
+        splits = read_splits(data.path)
         spec = FoundationSource(config.source, config.allow_download)
         resolved = resolve_source(spec)
         tokenizer = load_tokenizer(resolved, config.allow_download)
@@ -71,7 +73,7 @@ def foundation_model(
             embeddings["test"], np.asarray(splits.test.labels), schema.names, seed=0,
         )
 
-        directory = artifact_store.version_dir("foundation_model", context.run_id)
+        directory = stage_store.output_dir(context)
         extra = {f"eval_suite/{name}.jsonl": jsonl_bytes(splits.by_name()[name]) for name in EVAL_SUITE_SPLITS}
         extra["eval_suite/label_schema.json"] = json.dumps(schema.to_json(), indent=2).encode()
         extra["reports/linear_probe.json"] = json.dumps(probe.to_json(), indent=2).encode()
@@ -90,10 +92,12 @@ def foundation_model(
         log_split_inputs(tracker, splits)
         version = register_bundle(tracker, manifest, context)
         tracked = tracking_metadata(tracker, version)
-    artifact_store.publish("foundation_model", manifest.path, context.run_id)
+        stored = stage_store.save(context, directory)
     return dg.MaterializeResult(
         metadata={
             **tracked,
+            **stored,
+            **lineage_metadata(data),
             **bundle_metadata(manifest),
             "source": info.source,
             "model_type": info.model_type,
@@ -107,5 +111,5 @@ def foundation_model(
             "linear_probe_test_accuracy": probe.accuracy,
             "linear_probe_test_macro_f1": probe.macro_f1,
         },
-        data_version=dg.DataVersion(manifest.bundle_sha256[:16]),
+        data_version=content_version(manifest.content_sha256()),
     )

@@ -2,13 +2,13 @@
 
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
-import hashlib
 import json
 
 import dagster as dg
 from pydantic import Field
 
-from resources.artifact_store import ArtifactStore
+from assets.stage_records import content_version
+from resources.stage_store import StageStore
 from tl_platform.data import (
     DatasetSource,
     LabelSchema,
@@ -49,9 +49,9 @@ class LabelledDataConfig(dg.Config):
         )
 
 
-@dg.asset(group_name="transfer", kinds={"python"})
+@dg.asset(group_name="transfer", kinds={"python"}, code_version="2")
 def labelled_data(
-    context: dg.AssetExecutionContext, config: LabelledDataConfig, artifact_store: ArtifactStore
+    context: dg.AssetExecutionContext, config: LabelledDataConfig, stage_store: StageStore
 ) -> dg.MaterializeResult:
     """Labelled text of the target domain, validated against its label schema and split train/validation/test.
 
@@ -62,10 +62,10 @@ def labelled_data(
     dataset = load_labelled_text(config.source())
     fractions = SplitFractions(config.train_fraction, config.validation_fraction, config.test_fraction)
     splits = stratified_split(dataset, fractions, config.split_seed)
-    directory = artifact_store.version_dir("labelled_data", context.run_id)
+    directory = stage_store.output_dir(context)
     splits.write_jsonl(directory)
     hashes = {"dataset": dataset.content_hash(), **splits.hashes()}
-    artifact_store.publish("labelled_data", directory, context.run_id)
+    stored = stage_store.save(context, directory)
     duplicates = dataset.duplicates
     return dg.MaterializeResult(
         metadata={
@@ -79,7 +79,7 @@ def labelled_data(
             "split_sizes": dg.MetadataValue.json({n: len(s) for n, s in splits.by_name().items()}),
             "content_hashes": dg.MetadataValue.json(hashes),
             "split_seed": config.split_seed,
-            "path": dg.MetadataValue.path(str(directory)),
+            **stored,
         },
-        data_version=dg.DataVersion(hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:16]),
+        data_version=content_version(json.dumps(hashes, sort_keys=True)),
     )

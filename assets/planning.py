@@ -7,9 +7,9 @@ import json
 import dagster as dg
 from pydantic import Field
 
-from assets.stage_records import png_markdown
-from resources.artifact_store import ArtifactStore
+from assets.stage_records import content_version, png_markdown
 from resources.mlflow_tracking import MlflowTracking
+from resources.stage_store import StageStore, lineage_metadata
 from tl_platform.checkpoints import verify_bundle
 from tl_platform.data.splits import read_splits
 from tl_platform.economics.compute import ComputeModel
@@ -143,9 +143,9 @@ class RoiConfig(dg.Config):
     horizon_months: int = 12
 
 
-@dg.asset(group_name="economics", kinds={"python"}, deps=["labelled_data", "foundation_model"])
+@dg.asset(group_name="economics", kinds={"python"}, deps=["labelled_data", "foundation_model"], code_version="2")
 def transfer_plan(
-    context: dg.AssetExecutionContext, config: TransferPlanConfig, artifact_store: ArtifactStore
+    context: dg.AssetExecutionContext, config: TransferPlanConfig, stage_store: StageStore
 ) -> dg.MaterializeResult:
     """Which transfer recipe to fund, and why: prompting, LoRA, full fine-tuning, domain-adaptive pretraining
     then fine-tuning, or training from scratch, with the runner-up to benchmark against.
@@ -157,8 +157,9 @@ def transfer_plan(
     LoRA: pass it to `tlp run --config`.
     """
     settings = config.to_library()
-    splits = read_splits(artifact_store.latest("labelled_data"))
-    foundation = verify_bundle(artifact_store.latest("foundation_model"), expected_stage="foundation")
+    upstreams = [stage_store.upstream(context, key) for key in ("labelled_data", "foundation_model")]
+    splits = read_splits(upstreams[0].path)
+    foundation = verify_bundle(upstreams[1].path / "bundle", expected_stage="foundation")
     tokenizer = load_tokenizer(str(foundation.path / "tokenizer"))
     encoder = load_encoder(str(foundation.path / "model"))
     parameters = sum(p.numel() for p in encoder.parameters())
@@ -175,11 +176,11 @@ def transfer_plan(
         settings=settings,
     )
     payload = plan.to_json()
-    directory = artifact_store.version_dir("transfer_plan", context.run_id)
+    directory = stage_store.output_dir(context)
     write_record(directory, PLAN_RECORD, payload)
     if payload["run_config"] is not None:
         write_record(directory, "run_config.json", payload["run_config"])
-    artifact_store.publish("transfer_plan", directory, context.run_id)
+    stored = stage_store.save(context, directory)
     domain = payload["inputs"]["domain"]
     return dg.MaterializeResult(
         metadata={
@@ -190,9 +191,11 @@ def transfer_plan(
             "relative_domain_distance": domain["relative"],
             "labelled_examples": payload["inputs"]["labels"]["total"],
             "smallest_class": payload["inputs"]["labels"]["smallest_class"],
-            "path": dg.MetadataValue.path(str(directory)),
             "inputs": dg.MetadataValue.json(payload["inputs"]),
-        }
+            **stored,
+            **lineage_metadata(*upstreams),
+        },
+        data_version=content_version(json.dumps(payload, sort_keys=True)),
     )
 
 
@@ -200,9 +203,10 @@ def transfer_plan(
     group_name="economics",
     kinds={"python", "mlflow"},
     deps=["foundation_model", "domain_adapted_model", "task_model"],
+    code_version="2",
 )
 def cost_report(
-    context: dg.AssetExecutionContext, config: CostReportConfig, artifact_store: ArtifactStore, mlflow: MlflowTracking
+    context: dg.AssetExecutionContext, config: CostReportConfig, stage_store: StageStore, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
     """What the model cost to make and what the alternatives would cost, so the orders of magnitude are visible.
 
@@ -214,10 +218,10 @@ def cost_report(
     """
     report = build_cost_report(search_runs(mlflow.settings()), config.to_library())
     payload = report.to_json()
-    directory = artifact_store.version_dir("cost_report", context.run_id)
+    directory = stage_store.output_dir(context)
     write_record(directory, COST_RECORD, payload)
     picture = plot_cost_comparison(report, directory / COST_PLOT)
-    artifact_store.publish("cost_report", directory, context.run_id)
+    stored = stage_store.save(context, directory)
     by_recipe = {a.recipe: a for a in report.alternatives}
     return dg.MaterializeResult(
         metadata={
@@ -232,27 +236,29 @@ def cost_report(
             "crossover_daily_requests": report.serving.crossover_daily_requests,
             "setup_cost_usd": report.setup_cost_usd,
             "monthly_running_cost_usd": report.monthly_running_cost_usd,
-            "path": dg.MetadataValue.path(str(directory)),
-        }
+            **stored,
+        },
+        data_version=content_version(json.dumps(payload, sort_keys=True)),
     )
 
 
-@dg.asset(group_name="economics", kinds={"python"}, deps=["cost_report"])
-def roi_curve(context: dg.AssetExecutionContext, config: RoiConfig, artifact_store: ArtifactStore) -> dg.MaterializeResult:
+@dg.asset(group_name="economics", kinds={"python"}, deps=["cost_report"], code_version="2")
+def roi_curve(context: dg.AssetExecutionContext, config: RoiConfig, stage_store: StageStore) -> dg.MaterializeResult:
     """Whether the model pays for itself within a year: breakeven month and year-1 ROI, with value halved beside.
 
     Setup and monthly costs default to the cost report's (measured compute plus the stated labour and
     operations); the value ramp is config. The monitoring loop's owner is required: an unowned loop lets the
     model, and the value, erode before breakeven.
     """
-    cost_record = json.loads((artifact_store.latest("cost_report") / COST_RECORD).read_text())
+    costs = stage_store.upstream(context, "cost_report")
+    cost_record = json.loads((costs.path / COST_RECORD).read_text())
     result = roi_from_cost_report(cost_record, **config.model_dump())
     inputs = result.inputs
     payload = result.to_json()
-    directory = artifact_store.version_dir("roi_curve", context.run_id)
+    directory = stage_store.output_dir(context)
     write_record(directory, ROI_RECORD, payload)
     picture = plot_roi_curve(result, directory / ROI_PLOT)
-    artifact_store.publish("roi_curve", directory, context.run_id)
+    stored = stage_store.save(context, directory)
     return dg.MaterializeResult(
         metadata={
             "roi": dg.MetadataValue.md(to_markdown(roi_document(payload))),
@@ -265,8 +271,10 @@ def roi_curve(context: dg.AssetExecutionContext, config: RoiConfig, artifact_sto
             "setup_cost_usd": inputs.setup_cost_usd,
             "monthly_cost_usd": inputs.monthly_cost_usd,
             "cost_source": result.cost_source,
-            "path": dg.MetadataValue.path(str(directory)),
-        }
+            **stored,
+            **lineage_metadata(costs),
+        },
+        data_version=content_version(json.dumps(payload, sort_keys=True)),
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +53,46 @@ def bundle_metadata(manifest: BundleManifest) -> dict[str, Any]:
     return {
         "bundle": dg.MetadataValue.path(str(manifest.path)),
         "bundle_sha256": manifest.bundle_sha256,
+        "content_sha256": manifest.content_sha256(),
         "weights_sha256": manifest.weights_sha256,
     }
+
+
+def content_version(*parts: str) -> dg.DataVersion:
+    """A data version from content hashes only (weights, data, config), never from when it was made."""
+    return dg.DataVersion(hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24])
+
+
+def raise_if_gates_failed(context: dg.AssetExecutionContext, results: Sequence[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
+    """Pass the check results through when every gate passed; otherwise record them and fail the step.
+
+    A failed gate leaves no materialisation: the catalogue keeps showing the last version that passed, and
+    that is what downstream reads. The failed evaluations are still recorded (with their figures, against no
+    materialisation), and the step's failure names them; it is not retried, as the gates are deterministic.
+    """
+    failed = [result for result in results if not result.passed]
+    if not failed:
+        return list(results)
+    for result in results:
+        context.log_event(
+            dg.AssetCheckEvaluation(
+                asset_key=context.asset_key,
+                check_name=result.check_name or "",
+                passed=result.passed,
+                metadata=dict(result.metadata or {}),
+                severity=result.severity,
+                description=result.description,
+            )
+        )
+    reasons = "; ".join(f"{r.check_name}: {r.description or 'failed'}" for r in failed)
+    raise dg.Failure(
+        description=(
+            f"{context.asset_key.to_user_string()} failed its gate ({reasons}). Nothing was materialised: "
+            "downstream keeps reading the last version that passed."
+        ),
+        metadata={"failed_checks": [r.check_name or "" for r in failed]},
+        allow_retries=False,
+    )
 
 
 def png_markdown(path: Path, alt: str) -> dg.MetadataValue:

@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
 import json
+import shutil
 from dataclasses import asdict
 
 import dagster as dg
@@ -10,13 +11,15 @@ from pydantic import Field
 
 from assets.stage_records import (
     bundle_metadata,
+    content_version,
     log_split_inputs,
     png_markdown,
+    raise_if_gates_failed,
     register_bundle,
     tracking_metadata,
 )
-from resources.artifact_store import ArtifactStore
 from resources.mlflow_tracking import MlflowTracking
+from resources.stage_store import StageStore, lineage_metadata
 from tl_platform.checkpoints import capture_provenance, verify_bundle, write_bundle
 from tl_platform.data.splits import jsonl_bytes, read_splits
 from tl_platform.evaluation.plots import plot_confusion_matrix
@@ -59,6 +62,8 @@ class TaskModelConfig(dg.Config):
     group_name="transfer",
     kinds={"pytorch", "mlflow"},
     deps=["domain_adapted_model", "foundation_model", "labelled_data"],
+    code_version="2",
+    pool="training",
     check_specs=[
         dg.AssetCheckSpec(
             ACCURACY_CHECK,
@@ -71,7 +76,7 @@ class TaskModelConfig(dg.Config):
 def task_model(
     context: dg.AssetExecutionContext,
     config: TaskModelConfig,
-    artifact_store: ArtifactStore,
+    stage_store: StageStore,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """The classifier that will be exported and served, fine-tuned with LoRA or fully, as configured.
@@ -79,17 +84,18 @@ def task_model(
     Layer-wise learning-rate decay by depth, AdamW, linear warm-up, early stopping on validation loss with the
     best checkpoint restored. Scored on the eval suite frozen by the foundation stage: accuracy, macro-F1,
     per-class scores, calibration (ECE) and a confusion matrix. The bundle carries everything needed to
-    reload and repeat it.
+    reload and repeat it. Below the accuracy floor the step fails and nothing is materialised.
     """
     settings = config.to_library()
-    parent = verify_bundle(artifact_store.latest("domain_adapted_model"))
-    foundation = verify_bundle(artifact_store.latest("foundation_model"), expected_stage="foundation")
-    splits = read_splits(artifact_store.latest("labelled_data"))
+    upstreams = [stage_store.upstream(context, key) for key in ("domain_adapted_model", "foundation_model", "labelled_data")]
+    parent = verify_bundle(upstreams[0].path / "bundle")
+    foundation = verify_bundle(upstreams[1].path / "bundle", expected_stage="foundation")
+    splits = read_splits(upstreams[2].path)
     eval_set = (foundation.path / "eval_suite" / "test.jsonl").read_bytes()
     if eval_set != jsonl_bytes(splits.test):
         raise ValueError("the test split differs from the eval suite frozen in the foundation bundle; re-materialise foundation_model")
     tokenizer = load_tokenizer(str(parent.path / "tokenizer"))
-    directory = artifact_store.version_dir("task_model", context.run_id)
+    directory = stage_store.output_dir(context)
 
     with mlflow.run_for_asset(context) as tracker:
         tracker.log_params({f"fine_tune.{k}": v for k, v in settings.to_json().items()})
@@ -100,6 +106,17 @@ def task_model(
         tracker.log_metrics(result.summary())
         picture = plot_confusion_matrix(report, directory / "confusion_matrix.png", title="task_model on test split")
         probe = json.loads((foundation.path / "reports" / "linear_probe.json").read_text())
+        checks = raise_if_gates_failed(
+            context,
+            [
+                dg.AssetCheckResult(
+                    check_name=ACCURACY_CHECK,
+                    passed=report.accuracy >= config.min_test_accuracy,
+                    metadata={"test_accuracy": report.accuracy, "min_test_accuracy": config.min_test_accuracy, "n": report.n},
+                    description=f"test accuracy {report.accuracy:.4f} against a floor of {config.min_test_accuracy:.2f}",
+                )
+            ],
+        )
         provenance = capture_provenance(
             stage="task",
             config=settings.to_json(),
@@ -123,15 +140,16 @@ def task_model(
                 "reports/confusion_matrix.png": picture.read_bytes(),
             },
         )
-        passed = report.accuracy >= config.min_test_accuracy
-        version = register_bundle(tracker, manifest, context) if passed else None
+        shutil.rmtree(directory / "work", ignore_errors=True)  # trainer checkpoints: the bundle holds the result
+        version = register_bundle(tracker, manifest, context)
         tracked = tracking_metadata(tracker, version)
-    if passed:
-        artifact_store.publish("task_model", manifest.path, context.run_id)
+        stored = stage_store.save(context, directory)
     per_class = {name: asdict(scores) for name, scores in report.per_class.items()}
     return dg.MaterializeResult(
         metadata={
             **tracked,
+            **stored,
+            **lineage_metadata(*upstreams),
             **bundle_metadata(manifest),
             "method": settings.method,
             "test_accuracy": report.accuracy,
@@ -151,13 +169,6 @@ def task_model(
                 {g.depth: g.learning_rate for g in result.parameter_groups}
             ),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=ACCURACY_CHECK,
-                passed=passed,
-                metadata={"test_accuracy": report.accuracy, "min_test_accuracy": config.min_test_accuracy, "n": report.n},
-                description=f"test accuracy {report.accuracy:.4f} against a floor of {config.min_test_accuracy:.2f}",
-            )
-        ],
-        data_version=dg.DataVersion(manifest.bundle_sha256[:16]),
+        check_results=checks,
+        data_version=content_version(manifest.content_sha256()),
     )

@@ -45,7 +45,6 @@ from tl_platform.data.splits import read_split_jsonl
 from tl_platform.economics.serving import REPLICA_THROUGHPUT_KEY
 from tl_platform.export.exported_bundle import EVAL_SUITE_FILE
 from tl_platform.export.gates import mcnemar_exact_p
-from tl_platform.local_state import StageNotMaterialisedError, latest_published
 from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
 
 CONCURRENCIES = (1, 8, 32)
@@ -227,11 +226,18 @@ class MlflowServer:
         self.process.wait(timeout=30)
 
 
-def latest(home: Path, stage: str) -> Path:
-    try:
-        return latest_published(home / "artifacts", stage)
-    except StageNotMaterialisedError as err:
-        raise SystemExit(f"{err} (run the main job first: make demo)") from err
+def newest_export(home: Path) -> tuple[Path, Path]:
+    """The newest exported bundle and the task bundle it was exported from, as the Dagster catalogue records."""
+    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster_home"))
+    os.environ["TLP_HOME"] = str(home)
+    located = subprocess.run(
+        [sys.executable, "-m", "resources.catalogue", "exported_model", "exported_model:task_model"],
+        capture_output=True, text=True, check=False,
+    )
+    if located.returncode != 0:
+        raise SystemExit(f"{located.stderr.strip()} (run the main job first: make demo)")
+    found = json.loads(located.stdout)
+    return Path(found["exported_model:task_model"]) / "bundle", Path(found["exported_model"]) / "bundle"
 
 
 def main() -> None:
@@ -248,7 +254,7 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(args.home).resolve()
-    task_bundle, exported = latest(home, "task_model"), latest(home, "exported_model")
+    task_bundle, exported = newest_export(home)
     verify_bundle(task_bundle, "task")
     verify_bundle(exported, "exported")
     schema = LabelSchema.from_json(json.loads((exported / "label_schema.json").read_text()))

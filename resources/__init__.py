@@ -1,9 +1,17 @@
-"""Dagster resources: the artifact store and MLflow tracking, and the choice of environment."""
+"""Dagster resources: the stage store, MLflow tracking, the deployment target, and the choice of environment."""
 
-from resources.artifact_store import ArtifactStore
 from resources.deployment_target import DeploymentTarget
 from resources.environment import resources_for_environment, tlp_home
 from resources.mlflow_tracking import MlflowTracking
-from tl_platform.local_state import StageNotMaterialisedError
+from resources.stage_store import StageOutputError, StageStore, UpstreamOutput, lineage_metadata
 
-__all__ = ["ArtifactStore", "DeploymentTarget", "MlflowTracking", "StageNotMaterialisedError", "resources_for_environment", "tlp_home"]
+__all__ = [
+    "DeploymentTarget",
+    "MlflowTracking",
+    "StageOutputError",
+    "StageStore",
+    "UpstreamOutput",
+    "lineage_metadata",
+    "resources_for_environment",
+    "tlp_home",
+]

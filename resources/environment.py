@@ -7,9 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
+from resources.stage_store import StageStore
 from tl_platform.local_state import default_tracking_uri, tlp_home
 
 ENVIRONMENTS = ("local", "production")
@@ -20,7 +20,7 @@ def local_resources(home: Path) -> dict[str, dg.ConfigurableResource]:
     home.mkdir(parents=True, exist_ok=True)
     tracking_uri = default_tracking_uri(home)
     return {
-        "artifact_store": ArtifactStore(root=str(home / "artifacts")),
+        "stage_store": StageStore(root=str(home / "artifacts"), cache_dir=str(home / "cache")),
         "deployment_target": DeploymentTarget(record_path=str(home / "deployment.json")),
         "mlflow": MlflowTracking(
             tracking_uri=tracking_uri,
@@ -33,7 +33,8 @@ def local_resources(home: Path) -> dict[str, dg.ConfigurableResource]:
 def production_resources() -> dict[str, dg.ConfigurableResource]:
     """Services named by environment variables (see docker-compose.yml); a missing one fails at load time."""
     return {
-        "artifact_store": ArtifactStore(root=dg.EnvVar("TLP_ARTIFACT_ROOT")),
+        # a shared volume path, or an s3:// URL of an S3-compatible store (s3fs installed, AWS_* credentials)
+        "stage_store": StageStore(root=dg.EnvVar("TLP_ARTIFACT_ROOT"), cache_dir=dg.EnvVar("TLP_CACHE_DIR")),
         "deployment_target": DeploymentTarget(record_path=dg.EnvVar("TLP_DEPLOYMENT_RECORD")),
         "mlflow": MlflowTracking(
             tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),

@@ -11,6 +11,7 @@ import dagster as dg
 from tl_platform.tracking.mlflow_tracker import (
     MlflowRunTracker,
     MlflowSettings,
+    is_tracking_unavailable,
     start_tracked_run,
 )
 
@@ -22,9 +23,24 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment_name: str = "tl_platform"
     artifact_location: str | None = None
     ui_base_url: str | None = None
+    unavailable_retries: int = 3
+    unavailable_wait_s: float = 30.0
 
     def settings(self) -> MlflowSettings:
         return MlflowSettings(self.tracking_uri, self.experiment_name, self.artifact_location, self.ui_base_url)
+
+    @contextmanager
+    def retry_when_unavailable(self) -> Iterator[None]:
+        """Turn an unreachable or busy tracking store into a Dagster retry; any other error fails the step.
+
+        Only transient failures are retried: a bad config or a failed gate would fail the same way again.
+        """
+        try:
+            yield
+        except Exception as err:
+            if not is_tracking_unavailable(err):
+                raise
+            raise dg.RetryRequested(max_retries=self.unavailable_retries, seconds_to_wait=self.unavailable_wait_s) from err
 
     @contextmanager
     def run_for_asset(self, context: dg.AssetExecutionContext) -> Iterator[MlflowRunTracker]:
@@ -35,7 +51,10 @@ class MlflowTracking(dg.ConfigurableResource):
             "dagster.job": context.job_name,
             **device_tags(),
         }
-        with start_tracked_run(self.settings(), run_name=f"{asset_key}-{context.run_id[:8]}", tags=tags) as tracker:
+        with (
+            self.retry_when_unavailable(),
+            start_tracked_run(self.settings(), run_name=f"{asset_key}-{context.run_id[:8]}", tags=tags) as tracker,
+        ):
             yield tracker
 
 

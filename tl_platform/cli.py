@@ -14,16 +14,26 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tl_platform.local_state import default_tracking_uri, tlp_home
+
+# Dagster's defaults (SQLite under DAGSTER_HOME) plus pool limits: the training stages share one machine's
+# cores, so two runs (a retrain beside a backfill, say) train one at a time; registry moves are serialised too.
+LOCAL_INSTANCE_YAML = """\
+concurrency:
+  pools:
+    default_limit: 1
+"""
 
 
 def _environment() -> dict[str, str]:
     home = tlp_home()
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    # An empty instance file: Dagster's defaults (SQLite under DAGSTER_HOME), stated rather than warned about.
-    (dagster_home / "dagster.yaml").touch()
+    instance_file = dagster_home / "dagster.yaml"
+    if not instance_file.is_file() or not instance_file.read_text().strip():  # never overwrite a user's settings
+        instance_file.write_text(LOCAL_INSTANCE_YAML)
     env = dict(os.environ)
     env.update(
         {
@@ -221,9 +231,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"tlp: no run config to write: the main job runs neither {plan.recommended.label} nor "
                   f"{plan.runner_up.label}", file=sys.stderr)
             return 1
-        _write_run_config(Path(args.write), payload["run_config"])
+        _write_run_config(Path(args.write), plan_run_config(args, payload["run_config"], spec.source))
         print(f"tlp: wrote {args.write}; run it with `tlp run --config {args.write}`")
     return 0
+
+
+def plan_run_config(args: argparse.Namespace, recipe_config: dict[str, Any], foundation_source: str) -> dict[str, Any]:
+    """The main job's run config for a plan: the recipe's choices plus the data and foundation it measured."""
+    if args.data:
+        data: dict[str, object] = {
+            "path": str(Path(args.data).resolve()),  # the file stays found from any working directory
+            "text_column": args.text_column,
+            "label_column": args.label_column,
+            "labels": args.labels.split(","),
+            "split_seed": args.split_seed,
+        }
+        if args.format:
+            data["format"] = args.format
+    else:
+        data = {"domain": args.domain, "split_seed": args.split_seed}
+    source = foundation_source
+    if not source.startswith("package:") and Path(source).exists():
+        source = str(Path(source).resolve())
+    ops = {
+        "labelled_data": {"config": data},
+        "foundation_model": {"config": {"source": source}},
+        **recipe_config["ops"],
+    }
+    return {"ops": ops}
 
 
 def _write_run_config(path: Path, config: dict[str, object]) -> None:
@@ -262,7 +297,12 @@ def report_run_config(args: argparse.Namespace) -> RunConfig:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Render the published plan, cost report and ROI curve to one HTML page; --materialise makes them first."""
-    from tl_platform.economics.report import ProposalIncompleteError, load_proposal, render_proposal_html
+    from tl_platform.economics.report import (
+        PROPOSAL_CATALOGUE_SPECS,
+        ProposalIncompleteError,
+        load_proposal,
+        render_proposal_html,
+    )
 
     if args.serving_bench and not args.materialise:
         raise SystemExit("tlp: --serving-bench feeds the cost report when it is materialised: add --materialise")
@@ -280,9 +320,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         completed = subprocess.run(command, env=env, check=False)
         if completed.returncode != 0:
             return completed.returncode
-    root = Path(args.artifacts) if args.artifacts else Path(os.environ.get("TLP_ARTIFACT_ROOT") or tlp_home() / "artifacts")
     try:
-        proposal = load_proposal(root)
+        proposal = load_proposal(*_catalogue_dirs(PROPOSAL_CATALOGUE_SPECS))
     except ProposalIncompleteError as err:
         print(f"tlp: {err}", file=sys.stderr)
         return 1
@@ -290,6 +329,55 @@ def cmd_report(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_proposal_html(proposal), encoding="utf-8")
     print(f"tlp: wrote {out}")
+    return 0
+
+
+def _catalogue_dirs(specs: Sequence[str]) -> list[Path]:
+    """Local directories of stage outputs as the Dagster catalogue records them (``resources.catalogue``)."""
+    from tl_platform.economics.report import MATERIALISE_HINT, ProposalIncompleteError
+
+    command = [sys.executable, "-m", "resources.catalogue", *specs]
+    completed = subprocess.run(command, env=_environment(), capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        message = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "no output"
+        raise ProposalIncompleteError(f"{message.removeprefix('catalogue: ')}; {MATERIALISE_HINT}")
+    located = json.loads(completed.stdout)
+    return [Path(located[spec]) for spec in specs]
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Move the champion or challenger alias by hand, with the reason recorded on the version."""
+    from tl_platform.experiments.promotion import PromotionConflictError, PromotionError, promote
+    from tl_platform.tracking.mlflow_tracker import MlflowRegistry, MlflowSettings
+
+    settings = MlflowSettings(default_tracking_uri(tlp_home()), args.experiment)
+    actor = args.actor or f"{os.environ.get('USER', 'someone')} via tlp promote"
+    try:
+        done = promote(MlflowRegistry(settings), args.model, args.version, args.alias, args.reason, actor)
+    except (PromotionError, PromotionConflictError) as err:
+        print(f"tlp: {err}", file=sys.stderr)
+        return 1
+    if not done.changed:
+        print(f"{done.model}: {done.alias} already names v{done.version}; nothing changed")
+    else:
+        print(f"{done.model}: {done.alias} v{done.previous or 'none'} -> v{done.version} ({done.reason})")
+        print("  re-materialise `deployment` (tlp ui, or dagster asset materialize --select deployment) to serve it")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The registered versions of the serving model, their aliases and status, newest first."""
+    from tl_platform.tracking.mlflow_tracker import MlflowSettings, registered_versions_with_aliases
+
+    settings = MlflowSettings(default_tracking_uri(tlp_home()), args.experiment)
+    versions = registered_versions_with_aliases(settings, args.model)
+    if not versions:
+        print(f"{args.model}: no registered versions at {settings.tracking_uri}")
+        return 0
+    for version, aliases, tags in versions:
+        reason = next((tags[f"tlp.{a}.reason"] for a in aliases if f"tlp.{a}.reason" in tags), "")
+        shown = ",".join(aliases) or "-"
+        print(f"v{version:<5} {shown:<20} {tags.get('tlp.status', '-'):<18} {reason}")
     return 0
 
 
@@ -363,7 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="the proposal: plan, cost comparison and ROI curve as one HTML page")
     report.add_argument("--out", default="proposal.html", help="the HTML file to write")
-    report.add_argument("--artifacts", help="artifact store root (default TLP_ARTIFACT_ROOT or TLP_HOME/artifacts)")
     report.add_argument("--materialise", action="store_true", help="materialise the three assets first (dagster)")
     report.add_argument("--owner", help="with --materialise: who owns the monitoring loop (required by roi_curve)")
     report.add_argument("--config", help="with --materialise: a run config file for the three assets")
@@ -371,6 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--serving-bench", help="with --materialise: price a replica by this bench/serving_throughput.py --json file"
     )
     report.set_defaults(func=cmd_report)
+
+    promote_parser = sub.add_parser("promote", help="move the champion or challenger alias, with a recorded reason")
+    promote_parser.add_argument("version", help="the registered version to promote")
+    promote_parser.add_argument("--alias", required=True, choices=("champion", "challenger"))
+    promote_parser.add_argument("--reason", required=True, help="why (recorded as a tag on the version)")
+    promote_parser.add_argument("--actor", help="who promotes (default: $USER via tlp promote)")
+    promote_parser.add_argument("--model", default="tlp-classifier")
+    promote_parser.add_argument("--experiment", default="tl_platform")
+    promote_parser.set_defaults(func=cmd_promote)
+
+    models = sub.add_parser("models", help="registered versions of the serving model with aliases and status")
+    models.add_argument("--model", default="tlp-classifier")
+    models.add_argument("--experiment", default="tl_platform")
+    models.set_defaults(func=cmd_models)
 
     serve = sub.add_parser("serve", help="the prediction API (FastAPI, ONNX Runtime) on a deployment record")
     from tl_platform.serving.server import add_serve_arguments

@@ -1,22 +1,47 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from resources import ArtifactStore, DeploymentTarget, MlflowTracking
+import dagster as dg
+
+from resources import DeploymentTarget, MlflowTracking, StageStore
 
 
-def make_stage_resources(tmp_path: Path) -> dict[str, object]:
+class Stages:
+    """The resources of the embedded default on a temporary tree, and one Dagster instance for every run.
+
+    Runs find their upstream outputs through the instance's catalogue, so consecutive materialisations of
+    one test must share it (``dg.materialize`` alone would give each call an empty instance).
+    """
+
+    def __init__(self, tmp_path: Path, instance: dg.DagsterInstance | None = None) -> None:
+        self.root = tmp_path
+        self.instance = instance or dg.DagsterInstance.ephemeral()
+        self.resources: dict[str, Any] = {
+            "stage_store": StageStore(root=str(tmp_path / "artifacts"), cache_dir=str(tmp_path / "cache")),
+            "deployment_target": DeploymentTarget(record_path=str(tmp_path / "deployment.json")),
+            "mlflow": MlflowTracking(
+                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                experiment_name="tests",
+                artifact_location=(tmp_path / "mlartifacts").as_uri(),
+                ui_base_url="http://mlflow.test",
+            ),
+        }
+
+    def __getitem__(self, name: str) -> Any:
+        return self.resources[name]
+
+    def materialize(
+        self, assets: Sequence[Any], run_config: dict[str, Any] | None = None, **kwargs: Any
+    ) -> dg.ExecuteInProcessResult:
+        return dg.materialize(assets, resources=self.resources, instance=self.instance, run_config=run_config, **kwargs)
+
+
+def make_stage_resources(tmp_path: Path) -> Stages:
     """A temporary artifact tree and a temporary SQLite MLflow store, as the embedded default uses."""
-    return {
-        "artifact_store": ArtifactStore(root=str(tmp_path / "artifacts")),
-        "deployment_target": DeploymentTarget(record_path=str(tmp_path / "deployment.json")),
-        "mlflow": MlflowTracking(
-            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-            experiment_name="tests",
-            artifact_location=(tmp_path / "mlartifacts").as_uri(),
-            ui_base_url="http://mlflow.test",
-        ),
-    }
+    return Stages(tmp_path)
 
 
 def tiny_run_config(tiny_bert_dir: Path, **overrides: dict[str, object]) -> dict[str, object]:

@@ -24,9 +24,9 @@ def exported_twice(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory
     resources = make_stage_resources(tmp_path_factory.mktemp("exported"))
     config = tiny_run_config(tiny_bert_dir, **FAST_TASK)
     config["ops"]["exported_model"] = {"config": export_config()}  # type: ignore[index]
-    first = dg.materialize([*TRANSFER_ASSETS, exported_model], resources=resources, run_config=config)
-    second = dg.materialize(
-        [exported_model], resources=resources, run_config={"ops": {"exported_model": {"config": export_config()}}}
+    first = resources.materialize([*TRANSFER_ASSETS, exported_model], run_config=config)
+    second = resources.materialize(
+        [exported_model], run_config={"ops": {"exported_model": {"config": export_config()}}}
     )
     return [first, second], resources
 
@@ -61,7 +61,7 @@ def test_a_failed_gate_blocks_registration(
 ) -> None:
     _, resources = exported_twice
     config = {"ops": {"exported_model": {"config": export_config(latency_budget_p99_ms=1e-6)}}}
-    result = dg.materialize([exported_model], resources=resources, run_config=config, raise_on_error=False)
+    result = resources.materialize([exported_model], run_config=config, raise_on_error=False)
     (latency,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "single_request_latency_p99"]
     assert not latency.passed
     assert latency.metadata["p99_ms"].value > latency.metadata["budget_p99_ms"].value
@@ -77,7 +77,7 @@ def test_deployment_records_aliases_split_and_shadow(
 
     _, resources = exported_twice
     config = {"ops": {"deployment": {"config": {"challenger_share": 0.25}}}}
-    result = dg.materialize([deployment], resources=resources, run_config=config)
+    result = resources.materialize([deployment], run_config=config)
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert (meta["champion_version"].value, meta["challenger_version"].value) == ("1", "2")
     record = read_deployment_record(resources["deployment_target"].path())  # type: ignore[attr-defined]
@@ -86,7 +86,7 @@ def test_deployment_records_aliases_split_and_shadow(
     assert record.champion.precision == "int8"
 
     shadow = {"ops": {"deployment": {"config": {"shadow": True}}}}
-    dg.materialize([deployment], resources=resources, run_config=shadow)
+    resources.materialize([deployment], run_config=shadow)
     assert read_deployment_record(resources["deployment_target"].path()).shadow  # type: ignore[attr-defined]
 
 
@@ -94,4 +94,4 @@ def test_deployment_without_a_champion_says_what_to_do(tmp_path: Path) -> None:
     from assets import deployment
 
     with pytest.raises(Exception, match=r"tlp-classifier has no 'champion' alias; materialise exported_model first"):
-        dg.materialize([deployment], resources=make_stage_resources(tmp_path))
+        make_stage_resources(tmp_path).materialize([deployment])

@@ -29,7 +29,7 @@ def pipeline_run(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     from tests.dagster.conftest import make_stage_resources
 
     resources = make_stage_resources(tmp_path_factory.mktemp("stages"))
-    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=tiny_run_config(tiny_bert_dir))
+    result = resources.materialize(TRANSFER_ASSETS, run_config=tiny_run_config(tiny_bert_dir))
     return result, resources
 
 
@@ -94,7 +94,7 @@ def test_skipped_domain_adaptation_passes_the_foundation_through(tiny_bert_dir: 
     config = tiny_run_config(
         tiny_bert_dir, domain_adapted_model={"enabled": False}, task_model={"method": "lora", "epochs": 1, "min_test_accuracy": 0.0}
     )
-    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config)
+    result = resources.materialize(TRANSFER_ASSETS, run_config=config)
     meta = materialisations(result)
     assert meta["domain_adapted_model"]["skipped"] is True
     assert meta["domain_adapted_model"]["bundle_sha256"] == meta["foundation_model"]["bundle_sha256"]
@@ -113,7 +113,7 @@ def test_a_rising_perplexity_fails_the_blocking_check_and_stops_fine_tuning(tiny
         "warmup_ratio": 0.0, "weight_decay": 0.0,
     }
     config = tiny_run_config(tiny_bert_dir, domain_adapted_model=wreck)
-    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config, raise_on_error=False)
+    result = resources.materialize(TRANSFER_ASSETS, run_config=config, raise_on_error=False)
     found = checks(result)
     assert not found["heldout_perplexity_fell"].passed
     meta = found["heldout_perplexity_fell"].metadata
@@ -131,7 +131,7 @@ def test_an_accuracy_below_the_floor_fails_the_task_check(tiny_bert_dir: Path, t
     config = tiny_run_config(
         tiny_bert_dir, domain_adapted_model={"enabled": False}, task_model={"epochs": 1, "min_test_accuracy": 0.999}
     )
-    result = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config, raise_on_error=False)
+    result = resources.materialize(TRANSFER_ASSETS, run_config=config, raise_on_error=False)
     check = checks(result)["eval_suite_accuracy"]
     assert not check.passed
     assert check.metadata["test_accuracy"].value < 0.999
@@ -145,7 +145,7 @@ def test_bad_config_names_the_field(tiny_bert_dir: Path, tmp_path: Path) -> None
     resources = make_stage_resources(tmp_path)
     config = tiny_run_config(tiny_bert_dir, task_model={"method": "adapter"})
     with pytest.raises(Exception, match=r"FineTuneConfig\.method must be 'lora' or 'full', got 'adapter'"):
-        dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=config)
+        resources.materialize(TRANSFER_ASSETS, run_config=config)
 
 
 def test_a_stage_without_its_upstream_says_what_to_materialise(tmp_path: Path) -> None:
@@ -153,4 +153,4 @@ def test_a_stage_without_its_upstream_says_what_to_materialise(tmp_path: Path) -
     from tests.dagster.conftest import make_stage_resources
 
     with pytest.raises(Exception, match=r"no published output of 'domain_adapted_model'.*materialise domain_adapted_model first"):
-        dg.materialize([task_model], resources=make_stage_resources(tmp_path))
+        make_stage_resources(tmp_path).materialize([task_model])

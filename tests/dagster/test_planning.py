@@ -27,9 +27,9 @@ def materialisations(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, o
 @pytest.fixture(scope="module")
 def planned(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str, object]], dict[str, object], dg.ExecuteInProcessResult]:
     resources = make_stage_resources(tmp_path_factory.mktemp("planning"))
-    stages = dg.materialize(TRANSFER_ASSETS, resources=resources, run_config=tiny_run_config(tiny_bert_dir))
+    stages = resources.materialize(TRANSFER_ASSETS, run_config=tiny_run_config(tiny_bert_dir))
     assert stages.success
-    result = dg.materialize(PLANNING_ASSETS, resources=resources, run_config=OWNER)
+    result = resources.materialize(PLANNING_ASSETS, run_config=OWNER)
     assert result.success
     return materialisations(result), resources, stages
 
@@ -102,7 +102,7 @@ def test_tlp_report_renders_what_the_assets_published(planned, tmp_path: Path) -
 def test_the_roi_curve_requires_an_owner(planned) -> None:
     _, resources, _ = planned
     with pytest.raises(dg.DagsterInvalidConfigError, match=r"monitoring_owner"):
-        dg.materialize([roi_curve], resources=resources)
+        resources.materialize([roi_curve])
 
 
 def test_bad_cost_config_names_the_field(planned) -> None:
@@ -111,4 +111,4 @@ def test_bad_cost_config_names_the_field(planned) -> None:
 
     config = {"ops": {"cost_report": {"config": {"utilisation": 1.5}}}}
     with pytest.raises(ValueError, match=r"ComputeModel\.utilisation must be in \(0, 1\], got 1\.5"):
-        dg.materialize([cost_report], resources=resources, run_config=config)
+        resources.materialize([cost_report], run_config=config)

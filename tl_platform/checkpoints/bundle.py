@@ -16,6 +16,7 @@ Layout of a bundle directory::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 BUNDLE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
+REPORTS_DIR = "reports"  # measurements about a bundle (timings, gate figures): not part of its content
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "foundation": (
@@ -78,6 +80,20 @@ class BundleManifest:
             if weights in self.files:
                 return self.files[weights]
         raise BundleError(f"{self.path}: a {self.stage} bundle lists no weights file")
+
+    def content_sha256(self, exclude: frozenset[str] = frozenset()) -> str:
+        """One hash of what the bundle holds (weights, tokenizer, data), without its provenance or reports.
+
+        The manifest's own hash changes with every write (it records when and from which commit); this one
+        changes only when the content does, so it serves as the stage's data version. ``exclude`` names more
+        files that only describe provenance.
+        """
+        digest = hashlib.sha256()
+        for relative in sorted(self.files):
+            if relative in exclude or relative.startswith(f"{REPORTS_DIR}/"):
+                continue
+            digest.update(f"{relative}\0{self.files[relative]}\n".encode())
+        return digest.hexdigest()
 
     def label_schema(self) -> LabelSchema:
         if "label_schema.json" not in self.files:

@@ -1,7 +1,8 @@
 """The proposal report: the plan, the cost comparison and the ROI curve in one HTML page with the plots inside.
 
-The three assets write their records and plots into their version directories and publish them; the report
-reads what was last published, so it shows exactly what the Dagster UI shows.
+The three assets write their records and plots into their output directories; the report reads the directories
+the Dagster catalogue names (the newest plan and ROI curve, and the cost report that ROI curve read), so it
+shows exactly what the Dagster UI shows.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any
 
 from tl_platform.economics.documents import cost_document, plan_document, roi_document
 from tl_platform.economics.render import to_html
-from tl_platform.local_state import StageNotMaterialisedError, latest_published
 
 PLAN_RECORD = "transfer_plan.json"
 COST_RECORD = "cost_report.json"
 COST_PLOT = "cost_comparison.png"
 ROI_RECORD = "roi_curve.json"
 ROI_PLOT = "roi_curve.png"
-PROPOSAL_ASSETS = ("transfer_plan", "cost_report", "roi_curve")
+# the newest plan, the cost report the newest ROI curve was computed from, and that ROI curve (resources.catalogue)
+PROPOSAL_CATALOGUE_SPECS = ("transfer_plan", "roi_curve:cost_report", "roi_curve")
 MATERIALISE_HINT = (
     "materialise transfer_plan, cost_report and roi_curve first (the Dagster UI, or `tlp report --materialise "
     "--owner NAME`)"
@@ -30,7 +31,7 @@ MATERIALISE_HINT = (
 
 
 class ProposalIncompleteError(FileNotFoundError):
-    """An artefact of the proposal was never published; the message names it and how to make it."""
+    """An artefact of the proposal was never materialised; the message names it and how to make it."""
 
 
 def write_record(directory: Path, name: str, payload: dict[str, Any]) -> Path:
@@ -38,14 +39,6 @@ def write_record(directory: Path, name: str, payload: dict[str, Any]) -> Path:
     path = directory / name
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     return path
-
-
-def published_dir(artifacts_root: Path, asset: str) -> Path:
-    """The directory last published for ``asset`` under the artifact store's root."""
-    try:
-        return latest_published(artifacts_root, asset)
-    except StageNotMaterialisedError as err:
-        raise ProposalIncompleteError(f"{err}; {MATERIALISE_HINT}") from err
 
 
 @dataclass(frozen=True)
@@ -64,8 +57,8 @@ def _read(directory: Path, name: str) -> Path:
     return path
 
 
-def load_proposal(artifacts_root: Path) -> Proposal:
-    plan_dir, cost_dir, roi_dir = (published_dir(artifacts_root, asset) for asset in PROPOSAL_ASSETS)
+def load_proposal(plan_dir: Path, cost_dir: Path, roi_dir: Path) -> Proposal:
+    """The proposal from the three assets' output directories; ProposalIncompleteError names what is missing."""
     return Proposal(
         plan=json.loads(_read(plan_dir, PLAN_RECORD).read_text()),
         costs=json.loads(_read(cost_dir, COST_RECORD).read_text()),

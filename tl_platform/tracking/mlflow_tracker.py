@@ -77,7 +77,7 @@ class MlflowRunTracker:
         version = self._client.create_model_version(
             name=name, source=source, run_id=self.run_id, tags=dict(tags), run_link=self.ui_url
         )
-        return RegisteredVersion(name=name, version=str(version.version), source=source)
+        return RegisteredVersion(name=name, version=str(version.version), source=source, tags=dict(tags))
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,71 @@ def registered_versions(settings: MlflowSettings, name: str) -> list[RegisteredV
     ]
 
 
-def set_alias(settings: MlflowSettings, name: str, alias: str, version: str) -> None:
-    """Point ``alias`` (champion, challenger) of registered model ``name`` at ``version``."""
-    MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(name, alias, version)
+def registered_versions_with_aliases(settings: MlflowSettings, name: str) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(version, its aliases, its tags) of every version of ``name``, newest first."""
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    found = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), reverse=True)
+    return [(str(v.version), list(v.aliases), dict(v.tags)) for v in found]
+
+
+class MlflowRegistry:
+    """The model registry of one tracking store, as promotion code sees it (``ModelRegistry``)."""
+
+    def __init__(self, settings: MlflowSettings) -> None:
+        self._client = MlflowClient(tracking_uri=settings.tracking_uri)
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        try:
+            return str(self._client.get_model_version_by_alias(name, alias).version)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def version_tags(self, name: str, version: str) -> dict[str, str] | None:
+        try:
+            return dict(self._client.get_model_version(name, version).tags)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._client.delete_registered_model_alias(name, alias)
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self._client.set_model_version_tag(name, version, key, value)
+
+
+_UNAVAILABLE_MARKERS = (
+    "max retries exceeded", "connection refused", "connection reset", "read timed out", "temporarily unavailable",
+    "database is locked", "status code 502", "status code 503", "status code 504",
+)
+
+
+def is_tracking_unavailable(err: BaseException) -> bool:
+    """True when the tracking store could not be reached or was busy: a later attempt may well succeed.
+
+    MLflow reports an unreachable server as an MlflowException whose message carries the HTTP library's
+    error, so the message is read as well as the exception chain.
+    """
+    seen: BaseException | None = err
+    for _ in range(16):  # the chain of causes; bounded against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionError | TimeoutError):
+            return True
+        reported_by_client = isinstance(seen, mlflow.exceptions.MlflowException | OSError) or type(
+            seen
+        ).__module__.startswith(("requests", "urllib3", "sqlalchemy"))
+        if reported_by_client and any(marker in str(seen).lower() for marker in _UNAVAILABLE_MARKERS):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def version_by_alias(settings: MlflowSettings, name: str, alias: str) -> RegisteredVersion | None:
