@@ -79,6 +79,8 @@ def labelled_data(
             "split_sizes": dg.MetadataValue.json({n: len(s) for n, s in splits.by_name().items()}),
             "content_hashes": dg.MetadataValue.json(hashes),
             "split_seed": config.split_seed,
+            # the config that made it, so a plan's run config can repeat it (transfer_plan)
+            "config": dg.MetadataValue.json(config.model_dump()),
             **stored,
         },
         data_version=content_version(json.dumps(hashes, sort_keys=True)),

@@ -3,13 +3,14 @@
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
 import json
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from assets.stage_records import content_version, png_markdown
 from resources.mlflow_tracking import MlflowTracking
-from resources.stage_store import StageStore, lineage_metadata
+from resources.stage_store import StageOutputError, StageStore, UpstreamOutput, lineage_metadata
 from tl_platform.checkpoints import verify_bundle
 from tl_platform.data.splits import read_splits
 from tl_platform.economics.compute import ComputeModel
@@ -176,6 +177,8 @@ def transfer_plan(
         settings=settings,
     )
     payload = plan.to_json()
+    if payload["run_config"] is not None:
+        payload["run_config"]["ops"] = {**measured_inputs_config(upstreams[0], source), **payload["run_config"]["ops"]}
     directory = stage_store.output_dir(context)
     write_record(directory, PLAN_RECORD, payload)
     if payload["run_config"] is not None:
@@ -197,6 +200,17 @@ def transfer_plan(
         },
         data_version=content_version(json.dumps(payload, sort_keys=True)),
     )
+
+
+def measured_inputs_config(data: UpstreamOutput, foundation_source: str) -> dict[str, Any]:
+    """Run config that repeats the data and foundation model the plan measured, so the plan runs on them."""
+    recorded = data.materialisation.metadata.get("config")
+    if recorded is None:
+        raise StageOutputError("labelled_data recorded no config (materialised before plans carried it); re-materialise it")
+    return {
+        "labelled_data": {"config": {k: v for k, v in dict(recorded.value).items() if v is not None}},
+        "foundation_model": {"config": {"source": foundation_source}},
+    }
 
 
 @dg.asset(

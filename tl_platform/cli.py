@@ -225,13 +225,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"tlp: {err}", file=sys.stderr)
         return 1
     payload = plan.to_json()
+    if payload["run_config"] is not None:  # printed as written: the recipe, the data and the foundation model
+        payload["run_config"] = plan_run_config(args, payload["run_config"], spec.source)
     print(to_markdown(plan_document(payload)))
     if args.write:
         if payload["run_config"] is None:
             print(f"tlp: no run config to write: the main job runs neither {plan.recommended.label} nor "
                   f"{plan.runner_up.label}", file=sys.stderr)
             return 1
-        _write_run_config(Path(args.write), plan_run_config(args, payload["run_config"], spec.source))
+        _write_run_config(Path(args.write), payload["run_config"])
         print(f"tlp: wrote {args.write}; run it with `tlp run --config {args.write}`")
     return 0
 

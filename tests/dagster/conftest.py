@@ -39,6 +39,24 @@ class Stages:
         return dg.materialize(assets, resources=self.resources, instance=self.instance, run_config=run_config, **kwargs)
 
 
+    def check_evaluation(self, asset: str, check: str) -> dg.AssetCheckEvaluation:
+        """The newest evaluation of a check, as the catalogue holds it (a failed gate's too, which fails its step)."""
+        history = self.instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(asset), check), limit=1
+        )
+        assert history, f"{asset}:{check} was never evaluated"
+        event = history[0].event
+        assert event is not None and event.dagster_event is not None
+        evaluation = event.dagster_event.event_specific_data
+        assert isinstance(evaluation, dg.AssetCheckEvaluation)
+        return evaluation
+
+    def latest_run_of(self, asset: str) -> str | None:
+        """The run of the asset's newest materialisation in the catalogue, or None when it has none."""
+        event = self.instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return event.run_id if event is not None else None
+
+
 def make_stage_resources(tmp_path: Path) -> Stages:
     """A temporary artifact tree and a temporary SQLite MLflow store, as the embedded default uses."""
     return Stages(tmp_path)

@@ -53,6 +53,13 @@ def test_all_stages_materialise_with_metadata(pipeline_run: tuple[dg.ExecuteInPr
     assert str(task["confusion_matrix"]).startswith("![confusion matrix](data:image/png;base64,")
     for stage in ("foundation_model", "domain_adapted_model", "task_model"):
         assert str(meta[stage]["mlflow_run"]).startswith("http://mlflow.test/#/experiments/")
+    # each stage's output sits under its asset key and run, and names the upstream versions it read
+    assert str(meta["task_model"]["stage_output"]).endswith(f"/task_model/_unpartitioned/{result.run_id}")
+    read = meta["task_model"]["upstream_versions"]
+    assert set(read) == {"domain_adapted_model", "foundation_model", "labelled_data"}  # type: ignore[arg-type]
+    assert {(v["run_id"], v["how"]) for v in read.values()} == {(result.run_id, "this run")}  # type: ignore[union-attr]
+    tags = {e.materialization.asset_key.to_user_string(): e.materialization.tags for e in result.get_asset_materialization_events()}
+    assert read["domain_adapted_model"]["data_version"] == tags["domain_adapted_model"]["dagster/data_version"]  # type: ignore[index]
 
 
 def test_checks_pass_with_their_numbers(pipeline_run: tuple[dg.ExecuteInProcessResult, dict[str, object]]) -> None:
@@ -103,7 +110,7 @@ def test_skipped_domain_adaptation_passes_the_foundation_through(tiny_bert_dir: 
     assert any(f.startswith("adapter/") for f in manifest.files)
 
 
-def test_a_rising_perplexity_fails_the_blocking_check_and_stops_fine_tuning(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_a_rising_perplexity_fails_the_step_and_nothing_is_materialised(tiny_bert_dir: Path, tmp_path: Path) -> None:
     from tests.dagster.conftest import make_stage_resources
 
     resources = make_stage_resources(tmp_path)
@@ -114,17 +121,22 @@ def test_a_rising_perplexity_fails_the_blocking_check_and_stops_fine_tuning(tiny
     }
     config = tiny_run_config(tiny_bert_dir, domain_adapted_model=wreck)
     result = resources.materialize(TRANSFER_ASSETS, run_config=config, raise_on_error=False)
-    found = checks(result)
-    assert not found["heldout_perplexity_fell"].passed
-    meta = found["heldout_perplexity_fell"].metadata
-    assert meta["perplexity_after"].value >= meta["perplexity_before"].value
-    assert "task_model" not in materialisations(result)
     assert not result.success
-    settings = resources["mlflow"].settings()  # type: ignore[attr-defined]
+    check = resources.check_evaluation("domain_adapted_model", "heldout_perplexity_fell")
+    assert not check.passed and check.target_materialization_data is None  # judged, and nothing was materialised
+    assert check.metadata["perplexity_after"].value >= check.metadata["perplexity_before"].value
+    assert set(materialisations(result)) == {"labelled_data", "foundation_model"}
+    assert resources.latest_run_of("domain_adapted_model") is None and resources.latest_run_of("task_model") is None
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_key == "domain_adapted_model"
+    assert "failed its gate (heldout_perplexity_fell: held-out perplexity" in str(failure.step_failure_data.user_failure_data.description)  # type: ignore[union-attr]
+    settings = resources["mlflow"].settings()
     assert registered_versions(settings, "tlp-domain-adapted") == []
+    (tracked,) = [r for r in search_runs(settings) if r["tags"]["dagster.asset_key"] == "domain_adapted_model"]  # type: ignore[index]
+    assert tracked["status"] == "FAILED" and "perplexity_after" in tracked["metrics"]  # type: ignore[operator]
 
 
-def test_an_accuracy_below_the_floor_fails_the_task_check(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_an_accuracy_below_the_floor_fails_the_task_step(tiny_bert_dir: Path, tmp_path: Path) -> None:
     from tests.dagster.conftest import make_stage_resources
 
     resources = make_stage_resources(tmp_path)
@@ -132,11 +144,34 @@ def test_an_accuracy_below_the_floor_fails_the_task_check(tiny_bert_dir: Path, t
         tiny_bert_dir, domain_adapted_model={"enabled": False}, task_model={"epochs": 1, "min_test_accuracy": 0.999}
     )
     result = resources.materialize(TRANSFER_ASSETS, run_config=config, raise_on_error=False)
-    check = checks(result)["eval_suite_accuracy"]
+    check = resources.check_evaluation("task_model", "eval_suite_accuracy")
     assert not check.passed
     assert check.metadata["test_accuracy"].value < 0.999
-    settings = resources["mlflow"].settings()  # type: ignore[attr-defined]
+    assert "task_model" not in materialisations(result) and resources.latest_run_of("task_model") is None
+    settings = resources["mlflow"].settings()
     assert registered_versions(settings, "tlp-task") == []
+
+
+def test_data_versions_come_from_content_not_time(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """Materialising the same data and model twice gives the same data versions: Dagster sees nothing new."""
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path)
+    assets = TRANSFER_ASSETS[:2]  # labelled_data, foundation_model
+    config = {"ops": {"foundation_model": {"config": {"source": str(tiny_bert_dir)}}}}
+    runs = [resources.materialize(assets, run_config=config) for _ in range(2)]
+    versions = [
+        {e.materialization.asset_key.to_user_string(): e.materialization.tags["dagster/data_version"]  # type: ignore[index]
+         for e in run.get_asset_materialization_events()}
+        for run in runs
+    ]
+    assert versions[0] == versions[1] and len(versions[0]) == 2
+    bundles = [materialisations(run)["foundation_model"]["bundle_sha256"] for run in runs]
+    assert bundles[0] != bundles[1]  # the manifests differ (each records when it was written); the content does not
+    other = resources.materialize(assets, run_config={"ops": {**config["ops"], "labelled_data": {"config": {"split_seed": 7}}}})
+    changed = {e.materialization.asset_key.to_user_string(): e.materialization.tags["dagster/data_version"]  # type: ignore[index]
+               for e in other.get_asset_materialization_events()}
+    assert changed["labelled_data"] != versions[0]["labelled_data"]
 
 
 def test_bad_config_names_the_field(tiny_bert_dir: Path, tmp_path: Path) -> None:
@@ -152,5 +187,5 @@ def test_a_stage_without_its_upstream_says_what_to_materialise(tmp_path: Path) -
     from assets import task_model
     from tests.dagster.conftest import make_stage_resources
 
-    with pytest.raises(Exception, match=r"no published output of 'domain_adapted_model'.*materialise domain_adapted_model first"):
+    with pytest.raises(Exception, match=r"domain_adapted_model has never been materialised; materialise domain_adapted_model first"):
         make_stage_resources(tmp_path).materialize([task_model])

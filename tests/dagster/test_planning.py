@@ -34,7 +34,7 @@ def planned(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     return materialisations(result), resources, stages
 
 
-def test_the_plan_is_markdown_with_a_run_config_the_main_job_accepts(planned) -> None:
+def test_the_plan_is_markdown_with_a_run_config_the_main_job_accepts(planned, tiny_bert_dir: Path) -> None:
     meta, resources, _ = planned
     plan = meta["transfer_plan"]
     assert str(plan["plan"]).startswith("### Recommended: ")
@@ -44,11 +44,14 @@ def test_the_plan_is_markdown_with_a_run_config_the_main_job_accepts(planned) ->
     assert inputs["unlabelled_texts"] == 693  # type: ignore[index]
     assert inputs["domain"]["excluded_domains"] == ["amazon"]  # type: ignore[index]
     run_config = plan["run_config"]
-    assert set(run_config["ops"]) == {"domain_adapted_model", "task_model"}  # type: ignore[index]
+    # the recipe's choices, and the data and foundation model the plan measured
+    assert set(run_config["ops"]) == {"labelled_data", "foundation_model", "domain_adapted_model", "task_model"}  # type: ignore[index]
+    assert run_config["ops"]["labelled_data"]["config"]["domain"] == "amazon"  # type: ignore[index]
+    assert run_config["ops"]["foundation_model"]["config"]["source"] == str(tiny_bert_dir)  # type: ignore[index]
     job = dg.Definitions(
         assets=TRANSFER_ASSETS,
         jobs=[dg.define_asset_job("main_job", selection=dg.AssetSelection.assets(*TRANSFER_ASSETS))],
-        resources=resources,
+        resources=resources.resources,
     ).resolve_job_def("main_job")
     validated = dg.validate_run_config(job, run_config)  # type: ignore[arg-type]
     assert validated["ops"]["task_model"]["config"]["method"] == run_config["ops"]["task_model"]["config"]["method"]  # type: ignore[index]
@@ -91,12 +94,26 @@ def test_the_roi_curve_uses_the_cost_report_and_names_its_owner(planned) -> None
     assert str(roi["roi"]).startswith("### Breakeven month 5, year-1 ROI ")
 
 
-def test_tlp_report_renders_what_the_assets_published(planned, tmp_path: Path) -> None:
+def test_the_report_renders_what_the_catalogue_names(planned, tmp_path: Path) -> None:
+    from resources.catalogue import locate
+    from tl_platform.economics.report import PROPOSAL_CATALOGUE_SPECS, load_proposal, render_proposal_html
+
     _, resources, _ = planned
-    out = tmp_path / "proposal.html"
-    assert main(["report", "--artifacts", resources["artifact_store"].root, "--out", str(out)]) == 0  # type: ignore[attr-defined]
-    page = out.read_text()
+    directories = locate(resources.instance, resources["stage_store"], PROPOSAL_CATALOGUE_SPECS)
+    assert set(directories) == set(PROPOSAL_CATALOGUE_SPECS)
+    page = render_proposal_html(load_proposal(*(Path(directories[spec]) for spec in PROPOSAL_CATALOGUE_SPECS)))
     assert page.count("data:image/png;base64,") == 2 and "ML platform on-call" in page
+
+
+def test_tlp_report_without_materialisations_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TLP_HOME", str(tmp_path))
+    assert main(["report", "--out", str(tmp_path / "proposal.html")]) == 1
+    err = capsys.readouterr().err
+    assert "transfer_plan has never been materialised in this Dagster instance" in err
+    assert "materialise transfer_plan, cost_report and roi_curve first" in err
+    assert not (tmp_path / "proposal.html").exists()
 
 
 def test_the_roi_curve_requires_an_owner(planned) -> None:
@@ -112,3 +129,29 @@ def test_bad_cost_config_names_the_field(planned) -> None:
     config = {"ops": {"cost_report": {"config": {"utilisation": 1.5}}}}
     with pytest.raises(ValueError, match=r"ComputeModel\.utilisation must be in \(0, 1\], got 1\.5"):
         resources.materialize([cost_report], run_config=config)
+
+
+def test_plan_then_run_trains_on_the_users_csv(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """`tlp plan --data ... --write plan.yaml` then `tlp run --config plan.yaml`: the run reads the user's file."""
+    from tl_platform.cli import build_parser, run_config_from_args
+
+    rows = [(f"the blender {i} works and I love it", "pos") for i in range(120)]
+    rows += [(f"the blender {i} broke and I want a refund", "neg") for i in range(120)]
+    data = tmp_path / "my reviews.csv"
+    data.write_text("body,verdict\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    plan_file = tmp_path / "plan.yaml"
+    assert main([
+        "plan", "--data", str(data), "--labels", "neg,pos", "--text-column", "body", "--label-column", "verdict",
+        "--foundation", str(tiny_bert_dir), "--max-texts", "60", "--write", str(plan_file),
+    ]) == 0
+    config = run_config_from_args(build_parser().parse_args(["run", "--config", str(plan_file), "--epochs", "1"]))
+    assert config["ops"]["labelled_data"]["config"]["path"] == str(data.resolve())
+    config["ops"]["task_model"]["config"]["min_test_accuracy"] = 0.0
+    config["ops"]["domain_adapted_model"]["config"].update({"epochs": 1, "head_warmup_epochs": 1})
+    resources = make_stage_resources(tmp_path / "state")
+    result = resources.materialize(TRANSFER_ASSETS, run_config=config)  # type: ignore[arg-type]
+    meta = materialisations(result)
+    assert meta["labelled_data"]["source"] == str(data.resolve()) and meta["labelled_data"]["rows_kept"] == 240
+    assert meta["labelled_data"]["split_sizes"] == {"train": 168, "validation": 24, "test": 48}
+    assert meta["foundation_model"]["source"] == str(tiny_bert_dir)
+    assert meta["task_model"]["per_class"].keys() == {"neg", "pos"}  # type: ignore[union-attr]

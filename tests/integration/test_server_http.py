@@ -1,7 +1,8 @@
 """The real server over HTTP: uvicorn in a subprocess on a tiny exported bundle.
 
 Every request answered 200 is in the prediction log even when the server is SIGKILLed mid-traffic (group
-commit before the reply), and moving the deployment record swaps the model with no failed request.
+commit before the reply), moving the deployment record swaps the model with no failed request, and replicas
+starting together on a log the previous release made migrate it once (a --no-migrate replica refuses it).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
-from tests.serving_fixtures import ServingBundles, serving_bundles, write_record
+from tests.serving_fixtures import OLD_PROJECTIONS, ServingBundles, make_old_log, serving_bundles, write_record
 from tl_platform.serving.prediction_log import PredictionLog
 
 __all__ = ["serving_bundles"]
@@ -32,12 +34,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(deployment: Path, log_url: str, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+def _launch(deployment: Path, log_url: str, port: int, tmp_path: Path, *flags: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "tl_platform.serving", "--deployment", str(deployment), "--log-url", log_url,
-               "--port", str(port), "--batch-workers", "2", "--max-wait-ms", "2", "--reload-interval-s", "0.1"]
+               "--port", str(port), "--batch-workers", "2", "--max-wait-ms", "2", "--reload-interval-s", "0.1", *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     stderr = (tmp_path / f"server-{port}.log").open("wb")
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stderr, stderr=stderr)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=stderr, stderr=stderr)
+
+
+def _wait_ready(server: subprocess.Popen[bytes], port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -50,6 +55,10 @@ def _start(deployment: Path, log_url: str, port: int, tmp_path: Path) -> subproc
         time.sleep(0.1)
     server.kill()
     raise AssertionError("server did not become ready in 60 s")
+
+
+def _start(deployment: Path, log_url: str, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
+    return _wait_ready(_launch(deployment, log_url, port, tmp_path), port, tmp_path)
 
 
 @pytest.fixture
@@ -143,3 +152,39 @@ def test_moving_the_record_swaps_the_model_without_a_failed_request(
     assert server.wait(20) in (0, -signal.SIGTERM)
     server_log = next(deployment.parent.glob("server-*.log")).read_text()
     assert "Traceback" not in server_log, server_log
+
+
+def test_replicas_on_an_old_log_migrate_it_once_and_a_no_migrate_replica_waits_for_that(
+    serving_bundles: ServingBundles, tmp_path: Path
+) -> None:
+    deployment = write_record(tmp_path / "deployment.json", serving_bundles.exported, version="1")
+    log_url = f"sqlite:///{tmp_path / 'old.db'}"
+    make_old_log(log_url, "")  # the previous release's log, with rows
+    port = _free_port()
+    refused = _launch(deployment, log_url, port, tmp_path, "--no-migrate")
+    assert refused.wait(60) == 2
+    assert "tlp serve: prediction log schema is at revision unversioned" in (tmp_path / f"server-{port}.log").read_text()
+    ports = [_free_port(), _free_port()]
+    servers = [_launch(deployment, log_url, p, tmp_path) for p in ports]  # two replicas start at once
+    try:
+        for server, port in zip(servers, ports, strict=True):
+            _wait_ready(server, port, tmp_path)
+        late = _free_port()
+        servers.append(_wait_ready(_launch(deployment, log_url, late, tmp_path, "--no-migrate"), late, tmp_path))
+        answered = [httpx.post(f"http://127.0.0.1:{p}/predict", json={"text": f"sent to {p}"}, timeout=10).json()["request_id"]
+                    for p in [*ports, late]]
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait(10)
+    for port in [*ports, late]:
+        server_log = (tmp_path / f"server-{port}.log").read_text()
+        assert "Traceback" not in server_log, server_log
+    log = PredictionLog(log_url, migrate=False)
+    rows = {r["request_id"]: r for r in log.rows()}
+    assert [rows[rid]["text"] for rid in answered] == [f"sent to {p}" for p in [*ports, late]]
+    assert all(rows[rid]["projection_3"] is not None and rows[rid]["routing_salt"] == "tlp-ab" for rid in answered)
+    assert [rows["c" * 32][f"projection_{i}"] for i in range(4)] == OLD_PROJECTIONS["c" * 32]
+    with log.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT version_num FROM prediction_log_version")).scalars().all() == ["0002"]
+    log.close()

@@ -140,7 +140,8 @@ EXPORT_CONFIG_ERRORS = [
     ({"latency_budget_p99_ms": 0.0}, r"ExportConfig\.latency_budget_p99_ms must be positive"),
     ({"latency_threads": 0}, r"ExportConfig\.latency_threads must be in \[1, 64\], got 0"),
     ({"latency_requests": 5}, r"ExportConfig\.latency_requests must be in \[10, 100000\], got 5"),
-    ({"projection_components": 0}, r"ExportConfig\.projection_components must be in \[1, 64\], got 0"),
+    ({"projection_components": 0}, r"ExportConfig\.projection_components must be in \[1, 8\] \(the prediction log's typed projection columns\), got 0"),
+    ({"projection_components": 9}, r"ExportConfig\.projection_components must be in \[1, 8\] \(the prediction log's typed projection columns\), got 9"),
 ]
 
 

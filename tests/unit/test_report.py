@@ -49,7 +49,7 @@ def records() -> dict[str, dict[str, object]]:
 
 @pytest.fixture(scope="module")
 def published(records: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An artifact store root holding the three assets' published outputs, as the assets write them."""
+    """A directory holding the three assets' outputs, as the assets write them."""
     root = tmp_path_factory.mktemp("artifacts")
     for asset, files in (
         ("transfer_plan", {PLAN_RECORD: records["plan"]}),
@@ -59,7 +59,6 @@ def published(records: dict[str, object], tmp_path_factory: pytest.TempPathFacto
         directory = root / asset / "run-1"
         for name, payload in files.items():
             write_record(directory, name, payload)  # type: ignore[arg-type]
-        (root / asset / "LATEST.json").write_text(json.dumps({"path": str(directory), "run_id": "run-1"}))
     plot_cost_comparison(records["_costs"], root / "cost_report" / "run-1" / COST_PLOT)  # type: ignore[arg-type]
     plot_roi_curve(records["_roi"], root / "roi_curve" / "run-1" / ROI_PLOT)  # type: ignore[arg-type]
     return root
@@ -113,7 +112,7 @@ def test_plots_are_pngs(published: Path) -> None:
 
 
 def test_the_proposal_page_holds_three_sections_and_both_plots(published: Path) -> None:
-    page = render_proposal_html(load_proposal(published))
+    page = render_proposal_html(load_proposal(*proposal_dirs(published)))
     assert page.startswith("<!DOCTYPE html>")
     assert [s in page for s in ("1. The plan", "2. The cost comparison", "3. The return on investment")] == [True] * 3
     assert page.count('src="data:image/png;base64,') == 2
@@ -121,25 +120,35 @@ def test_the_proposal_page_holds_three_sections_and_both_plots(published: Path) 
     assert "Ada &lt;b&gt;Lovelace&lt;/b&gt;" in page and "<b>Lovelace" not in page
 
 
-def test_tlp_report_writes_the_page_and_names_what_is_missing(
-    published: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def proposal_dirs(root: Path) -> tuple[Path, Path, Path]:
+    return root / "transfer_plan" / "run-1", root / "cost_report" / "run-1", root / "roi_curve" / "run-1"
+
+
+def test_tlp_report_writes_the_page_from_the_catalogue(
+    published: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import tl_platform.cli as cli
+
+    asked: list[tuple[str, ...]] = []
+
+    def catalogue(specs: tuple[str, ...]) -> list[Path]:  # the Dagster catalogue's answer (tested in tests/dagster)
+        asked.append(tuple(specs))
+        return list(proposal_dirs(published))
+
+    monkeypatch.setattr(cli, "_catalogue_dirs", catalogue)
     out = tmp_path / "proposal.html"
-    assert main(["report", "--artifacts", str(published), "--out", str(out)]) == 0
+    assert main(["report", "--out", str(out)]) == 0
+    assert asked == [("transfer_plan", "roi_curve:cost_report", "roi_curve")]
     assert out.read_text().count("data:image/png;base64,") == 2
-    assert main(["report", "--artifacts", str(tmp_path / "empty"), "--out", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "no published output of 'transfer_plan'" in err and "materialise transfer_plan, cost_report and roi_curve" in err
     with pytest.raises(SystemExit, match=r"--materialise needs --owner NAME"):
         main(["report", "--materialise"])
 
 
-def test_a_published_directory_without_its_record_is_named(tmp_path: Path) -> None:
+def test_a_directory_without_its_record_is_named(tmp_path: Path) -> None:
     for asset in ("transfer_plan", "cost_report", "roi_curve"):
-        (tmp_path / asset / "r").mkdir(parents=True)
-        (tmp_path / asset / "LATEST.json").write_text(json.dumps({"path": str(tmp_path / asset / "r")}))
+        (tmp_path / asset / "run-1").mkdir(parents=True)
     with pytest.raises(ProposalIncompleteError, match=r"holds no transfer_plan\.json"):
-        load_proposal(tmp_path)
+        load_proposal(*proposal_dirs(tmp_path))
 
 
 def test_report_run_config_sets_the_owner_over_a_file(tmp_path: Path) -> None:
@@ -238,8 +247,10 @@ def test_tlp_plan_prints_the_plan_and_writes_a_run_config_tlp_run_reads(
     ops = run_config_from_args(build_parser().parse_args(["run", "--config", str(target)]))["ops"]
     printed = json.loads(out.split("```json\n", 1)[1].split("\n```", 1)[0])
     assert ops == printed["ops"]
-    assert set(ops) == {"domain_adapted_model", "task_model"}
+    assert set(ops) == {"labelled_data", "foundation_model", "domain_adapted_model", "task_model"}
     assert ops["task_model"]["config"]["method"] in ("lora", "full")
+    assert ops["labelled_data"]["config"] == {"domain": "amazon", "split_seed": 42}
+    assert ops["foundation_model"]["config"] == {"source": str(tiny_bert_dir)}
 
 
 def test_tlp_plan_names_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,7 +87,10 @@ def test_predict_answers_and_logs_features(client: TestClient) -> None:
     assert rows[0]["unit_id"] == "user-1" and rows[0]["model_version"] == "1"
     assert rows[0]["text_chars"] == len(TEXTS[0]) and rows[0]["token_count"] > 2
     assert rows[2]["unknown_share"] > 0
-    assert len(json.loads(rows[0]["projection"])) == 4  # the exported projection's components
+    projection = [rows[0][f"projection_{i}"] for i in range(8)]  # the exported projection's 4 components, then NULL
+    assert all(isinstance(v, float) for v in projection[:4]) and projection[4:] == [None] * 4
+    assert [r["text"] for r in rows] == TEXTS[:3]  # captured by default
+    assert (rows[0]["routing_salt"], rows[0]["experiment_id"], rows[0]["challenger_share"]) == ("tlp-ab", None, 0.0)
     single = client.post("/predict", json={"text": "fine"}).json()
     assert len(single["predictions"]) == 1
     feedback = client.post("/feedback", json={"request_id": body["request_id"], "item_index": 2, "label": "0"})

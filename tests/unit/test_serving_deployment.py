@@ -28,11 +28,28 @@ from tl_platform.serving.deployment import (
         ("bucket_edges", (32, 16), r"ServingConfig.bucket_edges must be strictly ascending positive integers, got \[32, 16\]"),
         ("reload_interval_s", 0.0, r"ServingConfig.reload_interval_s must be in \[0.05, 3600\], got 0.0"),
         ("log_url", " ", "ServingConfig.log_url must be a SQLAlchemy URL"),
+        ("text_retention_days", 0, r"ServingConfig.text_retention_days must be an integer in \[1, 3650\], got 0"),
+        ("text_retention_days", 3651, r"ServingConfig.text_retention_days must be an integer in \[1, 3650\], got 3651"),
+        ("text_retention_days", True, r"ServingConfig.text_retention_days must be an integer in \[1, 3650\], got True"),
+        ("text_retention_days", "30", r"ServingConfig.text_retention_days must be an integer in \[1, 3650\], got '30'"),
+        ("text_purge_interval_s", 0.5, r"ServingConfig.text_purge_interval_s must be in \[1, 86400\], got 0.5"),
+        ("text_purge_interval_s", 86_401, r"ServingConfig.text_purge_interval_s must be in \[1, 86400\], got 86401"),
+        ("capture_text", "no", "ServingConfig.capture_text must be true or false, got 'no'"),
+        ("migrate_log", 0, "ServingConfig.migrate_log must be true or false, got 0"),
+        ("routing_salt", "", "ServingConfig.routing_salt must be a string of 1 to 128 characters, got ''"),
+        ("routing_salt", "s" * 129, "ServingConfig.routing_salt must be a string of 1 to 128 characters, got 'sss"),
     ],
 )
 def test_serving_config_names_field_and_range(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServingConfig(deployment=Path("d.json"), **{field: value})  # type: ignore[arg-type]
+
+
+def test_serving_config_defaults_capture_text_for_30_days_and_migrate() -> None:
+    config = ServingConfig(deployment=Path("d.json"))
+    assert (config.capture_text, config.text_retention_days, config.text_purge_interval_s, config.migrate_log) == (
+        True, 30, 3600.0, True)
+    assert config.to_json()["capture_text"] is True and config.to_json()["text_retention_days"] == 30
 
 
 def test_serving_config_body_limit_follows_text_limits() -> None:
@@ -62,6 +79,22 @@ def _with(**changes: object) -> dict[str, object]:
     return {**GOOD, **changes}
 
 
+DIGEST = "0123456789abcdef" * 4
+
+
+def test_record_with_experiment_salt_and_digests_round_trips_and_an_old_record_still_loads() -> None:
+    data = _with(experiment_id="exp-2025-03", routing_salt="exp-2025-03/salt",
+                 champion={"version": "3", "bundle": "/b/champion", "precision": "int8", "bundle_sha256": DIGEST})
+    record = DeploymentRecord.from_json(data)
+    assert (record.experiment_id, record.routing_salt, record.champion.bundle_sha256) == ("exp-2025-03", "exp-2025-03/salt", DIGEST)
+    assert record.challenger is not None and record.challenger.bundle_sha256 is None
+    assert record.to_json() == data
+    assert DeploymentRecord.from_json(record.to_json()) == record
+    old = DeploymentRecord.from_json(GOOD)  # written before these fields: loads, and writes none of them back
+    assert (old.experiment_id, old.routing_salt, old.champion.bundle_sha256) == (None, None, None)
+    assert set(old.to_json()) == set(GOOD) and set(old.to_json()["champion"]) == set(GOOD["champion"])  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -79,6 +112,15 @@ def _with(**changes: object) -> dict[str, object]:
         (_with(champion={"version": "1", "bundle": "/b", "precision": "torch"}), "champion.torch_bundle is required when precision is 'torch'"),
         (_with(champion={"version": "1", "bundle": "/b", "size": 3}), r"champion has unknown keys \['size'\]"),
         (_with(updated_at=5), "updated_at must be an ISO time string, got 5"),
+        (_with(experiment_id=""), r"experiment_id must be null or a string of 1 to 128 printable characters without surrounding whitespace, got ''"),
+        (_with(experiment_id=" exp"), r"experiment_id must be null or a string of 1 to 128 .*, got ' exp'"),
+        (_with(experiment_id="e" * 129), r"experiment_id must be null or a string of 1 to 128 .*, got 'eee"),
+        (_with(experiment_id=7), r"experiment_id must be null or a string of 1 to 128 .*, got 7"),
+        (_with(routing_salt="a\nb"), r"routing_salt must be null or a string of 1 to 128 printable characters .*, got 'a\\nb'"),
+        (_with(champion={"version": "1", "bundle": "/b", "bundle_sha256": DIGEST.upper()}),
+         r"champion.bundle_sha256 must be null or 64 lowercase hex characters \(the SHA-256 of the bundle's manifest.json\), got '0123"),
+        (_with(champion={"version": "1", "bundle": "/b", "bundle_sha256": DIGEST[:63]}), r"champion.bundle_sha256 must be null or 64 lowercase hex"),
+        (_with(challenger={"version": "1", "bundle": "/b", "bundle_sha256": 5}), r"challenger.bundle_sha256 must be null or 64 lowercase hex .*, got 5"),
     ],
 )
 def test_bad_records_are_refused_naming_the_field(data: object, message: str) -> None:

@@ -34,6 +34,8 @@ from tl_platform.validation import require as _require
 FP32_FILE = "model_fp32.onnx"
 INT8_FILE = "model_int8.onnx"
 EVAL_SUITE_FILE = "eval_suite.jsonl"
+# the prediction log stores the projection in this many typed columns (serving.log_schema.PROJECTION_COLUMNS)
+MAX_PROJECTION_COMPONENTS = 8
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class ExportConfig:
         latency_budget_p99_ms: p99 of single-request INT8 inference (tokenisation included) must stay below this.
         latency_threads: ONNX Runtime intra-op threads used for the latency measurement and by default in serving.
         latency_requests: timed single requests.
-        projection_components: dimensions of the monitored embedding projection.
+        projection_components: dimensions of the monitored embedding projection, in [1, 8] (the prediction log
+            stores each in a typed column).
     """
 
     opset: int = DEFAULT_OPSET
@@ -81,8 +84,9 @@ class ExportConfig:
             f"ExportConfig.latency_requests must be in [10, 100000], got {self.latency_requests}",
         )
         _require(
-            1 <= self.projection_components <= 64,
-            f"ExportConfig.projection_components must be in [1, 64], got {self.projection_components}",
+            1 <= self.projection_components <= MAX_PROJECTION_COMPONENTS,
+            f"ExportConfig.projection_components must be in [1, {MAX_PROJECTION_COMPONENTS}] (the prediction log's "
+            f"typed projection columns), got {self.projection_components}",
         )
 
     def to_json(self) -> dict[str, object]:

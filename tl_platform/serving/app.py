@@ -45,6 +45,7 @@ from tl_platform.serving.schemas import (
     ReadyResponse,
 )
 from tl_platform.serving.service import PredictionService
+from tl_platform.serving.text_retention import TextRetention
 
 logger = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
@@ -149,14 +150,17 @@ class ServingRuntime:
     batcher: DynamicBatcher
     watcher: DeploymentWatcher
     service: PredictionService
+    retention: TextRetention
 
     def start(self) -> None:
         self.log.start()
         self.batcher.start()
         self.service.shadow.start()
         self.watcher.start()
+        self.retention.start()
 
     def stop(self) -> None:
+        self.retention.stop()
         self.watcher.stop()
         self.batcher.stop()
         self.service.shadow.stop()
@@ -164,9 +168,26 @@ class ServingRuntime:
 
 
 def build_runtime(config: ServingConfig, loader: ModelLoader = load_variant, table_prefix: str = "") -> ServingRuntime:
-    """Load the deployment (raising if it cannot be served) and wire the parts; nothing runs until ``start``."""
+    """Open the log (migrating it, or refusing a stale schema with ``migrate_log`` off), load the deployment
+    (raising if it cannot be served) and wire the parts; nothing runs until ``start``."""
     metrics = ServingMetrics()
+    # the log first: a --no-migrate replica on a stale schema refuses before spending time loading models
+    log = PredictionLog(
+        config.log_url,
+        table_prefix,
+        config.log_max_rows_per_commit,
+        on_commit=metrics.observe_commit,
+        sqlite_synchronous=config.sqlite_synchronous,
+        migrate=config.migrate_log,
+    )
+    try:
+        return _wire(config, loader, metrics, log)
+    except BaseException:
+        log.close()
+        raise
 
+
+def _wire(config: ServingConfig, loader: ModelLoader, metrics: ServingMetrics, log: PredictionLog) -> ServingRuntime:
     def on_reload(live: LiveDeployment | None, error: str | None) -> None:
         metrics.reloads.labels("failed" if error else "ok").inc()
         if live is not None:
@@ -177,21 +198,16 @@ def build_runtime(config: ServingConfig, loader: ModelLoader = load_variant, tab
 
     watcher = DeploymentWatcher(config.deployment, loader, config.intra_op_threads, config.reload_interval_s, on_reload)
     watcher.load()
-    log = PredictionLog(
-        config.log_url,
-        table_prefix,
-        config.log_max_rows_per_commit,
-        on_commit=metrics.observe_commit,
-        sqlite_synchronous=config.sqlite_synchronous,
-    )
     batcher = DynamicBatcher(
         config.max_batch_size, config.max_wait_ms, config.batch_workers, config.bucket_edges,
         on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set,
     )
     service = PredictionService(
-        watcher, batcher, log, metrics, config.routing_salt, config.shadow_workers, config.shadow_queue_size
+        watcher, batcher, log, metrics, config.routing_salt, config.shadow_workers, config.shadow_queue_size,
+        capture_text=config.capture_text,
     )
-    return ServingRuntime(config, metrics, log, batcher, watcher, service)
+    retention = TextRetention(log, config.text_retention_days, config.text_purge_interval_s, metrics.observe_purge)
+    return ServingRuntime(config, metrics, log, batcher, watcher, service, retention)
 
 
 def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_prefix: str = "") -> FastAPI:

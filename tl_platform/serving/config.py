@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from tl_platform.serving.deployment import ROUTING_FIELD_CHARS
 from tl_platform.validation import require as _require
 
 OverlongPolicy = Literal["truncate", "reject"]
 DEFAULT_BUCKET_EDGES: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
-
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,25 @@ class ServingConfig:
         shadow_workers: threads that score shadow requests on the challenger, in [1, 16].
         shadow_queue_size: pending shadow requests before new ones are dropped (and counted), in [1, 100000].
         reload_interval_s: how often the deployment record is checked for changes, in [0.05, 3600].
-        routing_salt: salt of the unit-id hash; change it to reshuffle units between variants.
+        routing_salt: salt of the unit-id hash, 1 to 128 characters; change it to reshuffle units between variants.
+            A deployment record's own ``routing_salt`` (one per experiment) takes precedence; every log row records
+            the salt actually used.
         log_max_rows_per_commit: most log rows one group commit writes, in [1, 100000].
         sqlite_synchronous: ``normal`` (default): a commit reaches the operating system before the reply, so an
             answered request survives the server being killed (SIGKILL), not a power loss; ``full`` also waits for
             the disk (fsync) on every group commit. On the 2-core machine ``full`` cost about a quarter of INT8
             requests/s at concurrency 8. Postgres is unaffected.
+        capture_text: the privacy switch. True (default): each request's text (as scored, after any truncation)
+            is stored in the prediction log, for drift analysis, labelling and retraining, and kept
+            ``text_retention_days``. False: the text column stays NULL; the monitoring features (length, token
+            count, unknown share, confidence, label, embedding projection) are still logged. Turn it off where
+            callers' texts may not be stored.
+        text_retention_days: logged texts older than this many days are set to NULL (the row and its features
+            stay), in [1, 3650]. The server purges once at start and then every ``text_purge_interval_s``, on a
+            background thread; ``python -m tl_platform.serving.log_admin purge-texts`` does the same by hand.
+        text_purge_interval_s: seconds between retention purges, in [1, 86400] (default hourly).
+        migrate_log: True (default): at start, bring the log's schema to the head Alembic revision, once across
+            replicas (under a lock). False (``--no-migrate``): refuse to start unless the schema is already at head.
     """
 
     deployment: Path
@@ -59,6 +72,10 @@ class ServingConfig:
     routing_salt: str = "tlp-ab"
     log_max_rows_per_commit: int = 1000
     sqlite_synchronous: str = "normal"
+    capture_text: bool = True
+    text_retention_days: int = 30
+    text_purge_interval_s: float = 3600.0
+    migrate_log: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment", Path(self.deployment))
@@ -73,6 +90,7 @@ class ServingConfig:
             ("shadow_workers", 1, 16),
             ("shadow_queue_size", 1, 100_000),
             ("log_max_rows_per_commit", 1, 100_000),
+            ("text_retention_days", 1, 3650),
         ):
             value = getattr(self, name)
             _require(
@@ -93,7 +111,20 @@ class ServingConfig:
             all(isinstance(e, int) and e >= 1 for e in edges) and list(edges) == sorted(set(edges)),
             f"ServingConfig.bucket_edges must be strictly ascending positive integers, got {list(edges)}",
         )
-        _require(bool(self.routing_salt), "ServingConfig.routing_salt must be a non-empty string")
+        _require(
+            isinstance(self.routing_salt, str) and 1 <= len(self.routing_salt) <= ROUTING_FIELD_CHARS,
+            f"ServingConfig.routing_salt must be a string of 1 to {ROUTING_FIELD_CHARS} characters, got {self.routing_salt!r}",
+        )
+        _require(
+            isinstance(self.text_purge_interval_s, int | float) and not isinstance(self.text_purge_interval_s, bool)
+            and 1 <= self.text_purge_interval_s <= 86_400,
+            f"ServingConfig.text_purge_interval_s must be in [1, 86400], got {self.text_purge_interval_s!r}",
+        )
+        for flag in ("capture_text", "migrate_log"):
+            _require(
+                isinstance(getattr(self, flag), bool),
+                f"ServingConfig.{flag} must be true or false, got {getattr(self, flag)!r}",
+            )
         _require(
             self.sqlite_synchronous in ("normal", "full"),
             f"ServingConfig.sqlite_synchronous must be 'normal' or 'full', got {self.sqlite_synchronous!r}",

@@ -3,18 +3,23 @@
 It is the one file the server reads (and watches). The ``deployment`` asset writes it with
 ``write_deployment_record``, atomically, so a watching server never sees half a file::
 
-    {"champion": {"version": "3", "bundle": "/abs/exported/bundle", "precision": "int8"},
+    {"champion": {"version": "3", "bundle": "/abs/exported/bundle", "precision": "int8",
+                  "bundle_sha256": "<64 hex digits>"},
      "challenger": {"version": "4", "bundle": "/abs/other/bundle", "precision": "int8"} | null,
-     "challenger_share": 0.1, "shadow": false, "updated_at": "2025-01-01T00:00:00+00:00"}
+     "challenger_share": 0.1, "shadow": false, "experiment_id": "exp-2025-01", "routing_salt": "exp-2025-01",
+     "updated_at": "2025-01-01T00:00:00+00:00"}
 
 ``precision`` is ``int8`` or ``fp32`` (the ONNX graphs of the exported bundle) or ``torch`` (PyTorch FP32
-eager on the task bundle named by ``torch_bundle``; the benchmark's baseline).
+eager on the task bundle named by ``torch_bundle``; the benchmark's baseline). ``bundle_sha256``,
+``experiment_id`` and ``routing_salt`` are optional (records written before them still load) and written only
+when set.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,8 +28,25 @@ from typing import Any, Literal, cast
 
 Precision = Literal["int8", "fp32", "torch"]
 PRECISIONS: tuple[Precision, ...] = ("int8", "fp32", "torch")
-_VARIANT_KEYS = frozenset({"version", "bundle", "precision", "torch_bundle"})
-_RECORD_KEYS = frozenset({"champion", "challenger", "challenger_share", "shadow", "updated_at"})
+_VARIANT_KEYS = frozenset({"version", "bundle", "precision", "torch_bundle", "bundle_sha256"})
+_RECORD_KEYS = frozenset(
+    {"champion", "challenger", "challenger_share", "shadow", "experiment_id", "routing_salt", "updated_at"}
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+ROUTING_FIELD_CHARS = 128  # the prediction log's experiment_id and routing_salt columns hold this many
+
+
+def _check_routing_field(name: str, value: object) -> None:
+    if value is None:
+        return
+    if (
+        not isinstance(value, str) or not value or value != value.strip() or len(value) > ROUTING_FIELD_CHARS
+        or not value.isprintable()
+    ):
+        raise DeploymentRecordError(
+            f"{name} must be null or a string of 1 to {ROUTING_FIELD_CHARS} printable characters without "
+            f"surrounding whitespace, got {value!r}"
+        )
 
 
 class DeploymentRecordError(ValueError):
@@ -40,12 +62,16 @@ class VariantSpec:
         bundle: the exported bundle directory (verified before loading).
         precision: ``int8``, ``fp32`` or ``torch``.
         torch_bundle: the task bundle to run eagerly; required when (and only used when) precision is ``torch``.
+        bundle_sha256: SHA-256 of the exported bundle's manifest.json (``verify_bundle(...).bundle_sha256``), 64
+            lowercase hex digits; when set, the server refuses a bundle whose manifest differs (a bundle rebuilt
+            or swapped in place since it was deployed).
     """
 
     version: str
     bundle: Path
     precision: Precision = "int8"
     torch_bundle: Path | None = None
+    bundle_sha256: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle", Path(self.bundle))
@@ -57,11 +83,19 @@ class VariantSpec:
             raise DeploymentRecordError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "torch" and self.torch_bundle is None:
             raise DeploymentRecordError("torch_bundle is required when precision is 'torch' (the task bundle to run)")
+        digest = self.bundle_sha256
+        if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise DeploymentRecordError(
+                f"bundle_sha256 must be null or 64 lowercase hex characters (the SHA-256 of the bundle's "
+                f"manifest.json), got {digest!r}"
+            )
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {"version": self.version, "bundle": str(self.bundle), "precision": self.precision}
         if self.torch_bundle is not None:
             data["torch_bundle"] = str(self.torch_bundle)
+        if self.bundle_sha256 is not None:
+            data["bundle_sha256"] = self.bundle_sha256
         return data
 
     @classmethod
@@ -83,6 +117,7 @@ class VariantSpec:
                 bundle=Path(data["bundle"]),
                 precision=cast(Precision, data.get("precision", "int8")),
                 torch_bundle=Path(torch_bundle) if torch_bundle else None,
+                bundle_sha256=data.get("bundle_sha256"),
             )
         except DeploymentRecordError as err:
             raise DeploymentRecordError(f"{field}.{err}") from err
@@ -94,6 +129,11 @@ class DeploymentRecord:
 
     Rules: ``challenger_share`` is in [0, 1] and must be 0 without a challenger; shadow mode needs a challenger
     and a share of 0 (in shadow mode every caller sees the champion, and the challenger scores silently).
+
+    ``experiment_id`` names the A/B experiment this split belongs to; ``routing_salt`` salts the unit hash for
+    it (a new salt reshuffles units, so a new experiment does not inherit the last one's assignment); without
+    one the server's ``ServingConfig.routing_salt`` is used. Both are null or 1 to 128 printable characters, and
+    every log row records them with the share.
     """
 
     champion: VariantSpec
@@ -101,6 +141,8 @@ class DeploymentRecord:
     challenger_share: float = 0.0
     shadow: bool = False
     updated_at: str = ""
+    experiment_id: str | None = None
+    routing_salt: str | None = None
 
     def __post_init__(self) -> None:
         share = self.challenger_share
@@ -119,17 +161,25 @@ class DeploymentRecord:
             raise DeploymentRecordError(
                 f"challenger_share must be 0 in shadow mode (callers all see the champion), got {self.challenger_share}"
             )
+        _check_routing_field("experiment_id", self.experiment_id)
+        _check_routing_field("routing_salt", self.routing_salt)
         if not self.updated_at:
             object.__setattr__(self, "updated_at", datetime.now(UTC).isoformat(timespec="seconds"))
 
     def to_json(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "champion": self.champion.to_json(),
             "challenger": self.challenger.to_json() if self.challenger is not None else None,
             "challenger_share": self.challenger_share,
             "shadow": self.shadow,
-            "updated_at": self.updated_at,
         }
+        # written only when set: a replica still on an older release refuses keys it does not know
+        if self.experiment_id is not None:
+            data["experiment_id"] = self.experiment_id
+        if self.routing_salt is not None:
+            data["routing_salt"] = self.routing_salt
+        data["updated_at"] = self.updated_at
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> DeploymentRecord:
@@ -150,6 +200,8 @@ class DeploymentRecord:
             challenger_share=data.get("challenger_share", 0.0),
             shadow=data.get("shadow", False),
             updated_at=updated_at,
+            experiment_id=data.get("experiment_id"),
+            routing_salt=data.get("routing_salt"),
         )
 
 

@@ -1,7 +1,7 @@
 """The live deployment: models loaded from the record, and a watcher that swaps them when the record changes.
 
-A changed record (the registry alias moved) is loaded fully, every bundle verified, before one reference is
-swapped; requests in flight keep the models they started with, so no request fails during the swap. A record
+A changed record (the registry alias moved) is loaded fully, every bundle verified (against the record's
+``bundle_sha256`` where it has one), before one reference is swapped; requests in flight keep the models they started with, so no request fails during the swap. A record
 that cannot be loaded leaves the current deployment serving, and is counted and logged.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tl_platform.checkpoints.bundle import BundleError
 from tl_platform.serving.deployment import DeploymentRecord, DeploymentRecordError, VariantSpec
 from tl_platform.serving.model import ModelLoader, ServingModel
 
@@ -122,18 +123,23 @@ class DeploymentWatcher:
             raise DeploymentRecordError(f"{self.path}: not valid UTF-8 JSON ({err})") from err
         except DeploymentRecordError as err:
             raise DeploymentRecordError(f"{self.path}: {err}") from err
-        champion = self._model(record.champion)
-        challenger = self._model(record.challenger) if record.challenger is not None else None
+        champion = self._model(record.champion, "champion")
+        challenger = self._model(record.challenger, "challenger") if record.challenger is not None else None
         return LiveDeployment(record, champion, challenger, hashlib.sha256(data).hexdigest())
 
-    def _model(self, spec: VariantSpec) -> ServingModel:
+    def _model(self, spec: VariantSpec, role: str) -> ServingModel:
         current = self._current
         if current is not None:  # a variant that did not change keeps its loaded model
             if spec == current.record.champion:
                 return current.champion
             if spec == current.record.challenger and current.challenger is not None:
                 return current.challenger
-        return self._loader(spec, self._threads)
+        try:
+            return self._loader(spec, self._threads)
+        except BundleError as err:  # name the variant: the record may hold two bundles
+            raise BundleError(f"{role}: {err}") from err
+        except DeploymentRecordError as err:
+            raise DeploymentRecordError(f"{role}: {err}") from err
 
     def start(self) -> None:
         if self._thread is None:

@@ -31,6 +31,8 @@ class ServingMetrics:
         self.shadow_latency = Histogram("tlp_shadow_latency_seconds", "Challenger latency in shadow mode", buckets=LATENCY_BUCKETS, registry=r)
         self.log_commit_rows = Histogram("tlp_log_commit_rows", "Rows per group commit of the prediction log", buckets=SIZE_BUCKETS, registry=r)
         self.log_commit_seconds = Histogram("tlp_log_commit_seconds", "Time of one group commit", buckets=LATENCY_BUCKETS, registry=r)
+        self.texts_purged = Counter("tlp_log_texts_purged", "Log rows whose text the retention purge removed", registry=r)
+        self.text_purges = Counter("tlp_log_text_purges", "Retention purges by outcome (ok, failed)", ["outcome"], registry=r)
         self.reloads = Counter("tlp_deployment_reloads", "Deployment record reloads by outcome (ok, failed)", ["outcome"], registry=r)
         self.model_info = Gauge("tlp_model_info", "1 for each variant and version being served", ["variant", "version", "precision"], registry=r)
 
@@ -42,6 +44,12 @@ class ServingMetrics:
     def observe_commit(self, stats: CommitStats) -> None:
         self.log_commit_rows.observe(stats.rows)
         self.log_commit_seconds.observe(stats.seconds)
+
+    def observe_purge(self, purged: int | None) -> None:
+        """Rows purged by one retention run, or None when it failed."""
+        self.text_purges.labels("failed" if purged is None else "ok").inc()
+        if purged:
+            self.texts_purged.inc(purged)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,7 @@ from tl_platform.checkpoints.bundle import BundleError, verify_bundle
 from tl_platform.export.runtime import Encoded, OnnxClassifier
 from tl_platform.monitoring.features import EmbeddingProjection
 from tl_platform.serving.deployment import VariantSpec
+from tl_platform.serving.log_schema import PROJECTION_COLUMNS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -143,6 +144,12 @@ class BundleModel:
         self.labels = tuple(str(label) for label in serving["labels"])
         self.label_names = tuple(str(name) for name in serving.get("label_names", serving["labels"]))
         self.projection = EmbeddingProjection.from_json(json.loads((bundle / "projection.json").read_text()))
+        components = len(self.projection.components)
+        if components > PROJECTION_COLUMNS:  # exported before ExportConfig bounded it by the log's columns
+            raise BundleError(
+                f"{bundle}: projection has {components} components; the prediction log holds at most "
+                f"{PROJECTION_COLUMNS} (re-export with ExportConfig.projection_components <= {PROJECTION_COLUMNS})"
+            )
         self._runner = runner
         self._tokenizer = ServingTokenizer(tokenizer, self.max_length)
         self._pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
@@ -162,10 +169,19 @@ class BundleModel:
 
 
 def load_variant(spec: VariantSpec, intra_op_threads: int = 1) -> ServingModel:
-    """Verify the exported bundle (and the task bundle for ``torch``), then load it fully; raise BundleError."""
+    """Verify the exported bundle (and the task bundle for ``torch``), then load it fully; raise BundleError.
+
+    A spec with ``bundle_sha256`` also needs the bundle's manifest to be the one the record was written for.
+    """
     from transformers import AutoTokenizer
 
-    verify_bundle(spec.bundle, expected_stage="exported")
+    manifest = verify_bundle(spec.bundle, expected_stage="exported")
+    if spec.bundle_sha256 is not None and manifest.bundle_sha256 != spec.bundle_sha256:
+        raise BundleError(
+            f"variant {spec.version}: {spec.bundle} has manifest SHA-256 {manifest.bundle_sha256}, but the deployment "
+            f"record expects bundle_sha256 {spec.bundle_sha256}; the bundle changed since it was deployed, or the "
+            "record names the wrong bundle"
+        )
     serving = json.loads((spec.bundle / "serving.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(spec.bundle / "tokenizer", local_files_only=True)
     runner: Runner

@@ -1,10 +1,17 @@
-"""The prediction log: every answered request, its monitoring features, shadow predictions, and feedback.
+"""The prediction log: every answered request, its text and monitoring features, shadow predictions, feedback.
 
 One interface over SQLAlchemy Core; the URL picks the backend (``sqlite:///path.db`` embedded, in WAL mode
-with ``synchronous=NORMAL``, or FULL by choice; ``postgresql+psycopg://...`` in production). Writes of predictions go through a
-single writer thread that group-commits: it takes every pending row from concurrent requests, commits them in
-one transaction, then resolves their futures. Requests reply only after their future resolves, so an answered
-request is on disk even if the process is killed right after.
+with ``synchronous=NORMAL``, or FULL by choice; ``postgresql+psycopg://...`` in production). The schema comes
+from Alembic revisions (``log_migrations``): opening a log migrates it to head under a lock, or, with
+``migrate=False`` (a ``--no-migrate`` replica), refuses a schema that is not at head. Writes of predictions go
+through a single writer thread that group-commits: it takes every pending row from concurrent requests,
+commits them in one transaction, then resolves their futures. Requests reply only after their future resolves,
+so an answered request is on disk even if the process is killed right after.
+
+Each row carries what monitoring, experiments and retraining read: the text (NULL when capture is off, or
+after ``purge_texts`` passed its retention), typed features (length, tokens, unknown share, truncation,
+confidence, label, ``projection_0`` .. ``projection_7``), and the experiment id, routing salt and challenger
+share in force when it was served.
 """
 
 from __future__ import annotations
@@ -18,15 +25,34 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+
+from tl_platform.serving.log_migrations import MigrationOutcome, migrate_log, require_head
+from tl_platform.serving.log_schema import (
+    PROJECTION_COLUMNS,
+    PROJECTION_NAMES,
+    log_tables,
+    make_engine,
+    version_table_name,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
 SERVED = "served"
 SHADOW = "shadow"
+_NO_PROJECTION: tuple[None, ...] = (None,) * PROJECTION_COLUMNS
+# feature_frame's columns and their pandas dtypes (NULL becomes NaN in the float columns)
+FEATURE_DTYPES: dict[str, str] = {
+    "request_id": "object", "item_index": "int64", "unit_id": "object", "variant": "object",
+    "experiment_id": "object", "routing_salt": "object", "challenger_share": "float64", "label": "object",
+    "confidence": "float64", "latency_ms": "float64", "text_chars": "int64", "token_count": "int64",
+    "unknown_share": "float64", "truncated": "bool", **dict.fromkeys(PROJECTION_NAMES, "float64"), "error": "object",
+}
 
 
 class UnknownRequestError(LookupError):
@@ -43,7 +69,12 @@ class InvalidFeedbackError(ValueError):
 
 @dataclass(frozen=True)
 class PredictionRow:
-    """One text of one request, as scored by one variant (``role`` served, or shadow for the silent challenger)."""
+    """One text of one request, as scored by one variant (``role`` served, or shadow for the silent challenger).
+
+    ``projection`` has the exported bundle's K components (at most 8, empty for a failed scoring); it is stored
+    in ``projection_0`` .. ``projection_{K-1}``. ``routing_salt``, ``experiment_id`` and ``challenger_share`` are
+    the deployment's when the row was served, so an experiment's analysis can recompute every unit's variant.
+    """
 
     request_id: str
     item_index: int
@@ -61,12 +92,21 @@ class PredictionRow:
     unknown_share: float
     truncated: bool
     projection: tuple[float, ...]
+    text: str | None
+    experiment_id: str | None
+    routing_salt: str
+    challenger_share: float
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.projection) > PROJECTION_COLUMNS:  # load_variant refuses such a bundle; this guards other callers
+            raise ValueError(f"projection: at most {PROJECTION_COLUMNS} components fit the log, got {len(self.projection)}")
 
     def to_db(self) -> dict[str, Any]:
         data = dict(vars(self))  # shallow: dataclasses.asdict deep-copies, a visible share of the server's CPU
         data["probabilities"] = json.dumps(self.probabilities) if self.probabilities is not None else None
-        data["projection"] = json.dumps(list(self.projection))
+        projection = data.pop("projection")
+        data.update(zip(PROJECTION_NAMES, (*projection, *_NO_PROJECTION[len(projection):]), strict=True))
         return data
 
 
@@ -76,73 +116,20 @@ class CommitStats:
     seconds: float
 
 
-def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table]:
-    metadata = sa.MetaData()
-    predictions = sa.Table(
-        f"{prefix}predictions",
-        metadata,
-        sa.Column("request_id", sa.String(64), primary_key=True),
-        sa.Column("item_index", sa.Integer, primary_key=True),
-        sa.Column("role", sa.String(16), primary_key=True),
-        sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column("unit_id", sa.String(256)),
-        sa.Column("variant", sa.String(16), nullable=False),
-        sa.Column("model_version", sa.String(128), nullable=False),
-        sa.Column("label", sa.String(256)),
-        sa.Column("confidence", sa.Float),
-        sa.Column("probabilities", sa.Text),
-        sa.Column("latency_ms", sa.Float, nullable=False),
-        sa.Column("text_chars", sa.Integer, nullable=False),
-        sa.Column("token_count", sa.Integer, nullable=False),
-        sa.Column("unknown_share", sa.Float, nullable=False),
-        sa.Column("truncated", sa.Boolean, nullable=False),
-        sa.Column("projection", sa.Text, nullable=False),
-        sa.Column("error", sa.Text),
-    )
-    feedback = sa.Table(
-        f"{prefix}feedback",
-        metadata,
-        sa.Column("request_id", sa.String(64), primary_key=True),
-        sa.Column("item_index", sa.Integer, primary_key=True),
-        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("label", sa.String(256)),
-        sa.Column("outcome", sa.Float),
-    )
-    return metadata, predictions, feedback
-
-
-def make_engine(url: str, sqlite_synchronous: str = "normal") -> Engine:
-    """An engine for the URL; SQLite gets WAL, the chosen synchronous level and a busy timeout on every connection.
-
-    In WAL mode ``normal`` writes each commit to the WAL before returning (it survives the process being
-    killed) and syncs at checkpoints; ``full`` syncs every commit (it also survives a power loss).
-    """
-    if sqlite_synchronous not in ("normal", "full"):
-        raise ValueError(f"sqlite_synchronous must be 'normal' or 'full', got {sqlite_synchronous!r}")
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        from pathlib import Path
-
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
-        cursor.close()
-
-    return engine
-
-
 _STOP = object()
 
 
+def _utc(moment: datetime) -> datetime:
+    """An aware UTC time; a naive one is taken to be UTC already (the log stores UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 class PredictionLog:
-    """Group-committed prediction rows, feedback joined by request id, on SQLite or Postgres."""
+    """Group-committed prediction rows, feedback joined by request id, on SQLite or Postgres.
+
+    ``migrate`` (default): bring the schema to head at construction, once across replicas (a lock);
+    ``migrate=False``: raise ``LogSchemaError`` naming the current and the expected revision unless at head.
+    """
 
     def __init__(
         self,
@@ -151,11 +138,22 @@ class PredictionLog:
         max_rows_per_commit: int = 1000,
         on_commit: Callable[[CommitStats], None] | None = None,
         sqlite_synchronous: str = "normal",
+        migrate: bool = True,
     ) -> None:
         self.url = url
+        self.table_prefix = table_prefix
         self.engine = make_engine(url, sqlite_synchronous)
-        self.metadata, self.predictions, self.feedback = _tables(table_prefix)
-        self.metadata.create_all(self.engine)
+        tables = log_tables(table_prefix)
+        self.metadata, self.predictions, self.feedback = tables.metadata, tables.predictions, tables.feedback
+        self.migration: MigrationOutcome | None = None
+        try:
+            if migrate:
+                self.migration = migrate_log(self.engine, table_prefix)
+            else:
+                require_head(self.engine, table_prefix)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.max_rows_per_commit = max_rows_per_commit
         self._on_commit = on_commit
         self._pending: queue.Queue[Any] = queue.Queue()
@@ -231,19 +229,51 @@ class PredictionLog:
         if self._on_commit is not None:
             self._on_commit(CommitStats(len(rows), time.perf_counter() - started))
 
+    # -- retention -----------------------------------------------------------------------------------------
+
+    def purge_texts(self, older_than: datetime, batch_rows: int = 5000) -> int:
+        """Set ``text`` to NULL on rows logged before ``older_than`` (features stay); return how many.
+
+        In transactions of at most ``batch_rows`` rows, so the group-commit writer never waits long for the
+        write lock (on SQLite there is one) behind a large first purge.
+        """
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+        p = self.predictions
+        keys = (
+            sa.select(p.c.request_id, p.c.item_index, p.c.role)
+            .where(p.c.ts < _utc(older_than), p.c.text.is_not(None))
+            .limit(batch_rows)
+        )
+        purge = (
+            sa.update(p).where(sa.tuple_(p.c.request_id, p.c.item_index, p.c.role).in_(keys)).values(text=None)
+        )
+        total = 0
+        while True:
+            with self.engine.begin() as connection:
+                purged = connection.execute(purge).rowcount
+            total += purged
+            if purged < batch_rows:
+                return total
+
     # -- feedback ------------------------------------------------------------------------------------------
 
     def record_feedback(
         self, request_id: str, item_index: int, label: str | None, outcome: float | None, ts: datetime | None = None
     ) -> None:
         """Join feedback to a served prediction; raise UnknownRequestError, DuplicateFeedbackError or InvalidFeedbackError."""
-        served = self.served_row(request_id, item_index)
+        p = self.predictions
+        query = sa.select(p.c.probabilities).where(  # just the label set: the row also holds the text
+            p.c.request_id == request_id, p.c.item_index == item_index, p.c.role == SERVED
+        )
+        with self.engine.connect() as connection:
+            served = connection.execute(query).first()
         if served is None:
             raise UnknownRequestError(
                 f"request_id: no served prediction with request_id {request_id!r} and item_index {item_index}"
             )
-        if label is not None and served["probabilities"] is not None:
-            allowed = sorted(json.loads(served["probabilities"]))
+        if label is not None and served.probabilities is not None:
+            allowed = sorted(json.loads(served.probabilities))
             if label not in allowed:
                 raise InvalidFeedbackError(f"label: must be one of the model's labels {allowed}, got {label!r}")
         row = {"request_id": request_id, "item_index": item_index, "ts": ts or datetime.now(UTC), "label": label, "outcome": outcome}
@@ -255,7 +285,37 @@ class PredictionLog:
                 f"request_id: feedback for request_id {request_id!r} item_index {item_index} was already recorded"
             ) from err
 
-    # -- reading (tests, monitoring) -----------------------------------------------------------------------
+    # -- reading (monitoring, experiments, tests) ----------------------------------------------------------
+
+    def feature_query(
+        self, model_version: str, start: datetime, end: datetime, role: str = SERVED, include_text: bool = False
+    ) -> sa.Select[Any]:
+        """The SELECT behind ``feature_frame``: served by the (model_version, ts) index, in time order."""
+        p = self.predictions
+        names = ["ts", *FEATURE_DTYPES, *(["text"] if include_text else [])]
+        return (
+            sa.select(*(p.c[name] for name in names))
+            .where(p.c.model_version == model_version, p.c.ts >= _utc(start), p.c.ts < _utc(end), p.c.role == role)
+            .order_by(p.c.ts, p.c.request_id, p.c.item_index)
+        )
+
+    def feature_frame(
+        self, model_version: str, start: datetime, end: datetime, role: str = SERVED, include_text: bool = False
+    ) -> pd.DataFrame:
+        """One model version's rows with ``start <= ts < end``: time (UTC), keys, routing and typed features.
+
+        Float columns hold NaN for NULL (a failed scoring, a projection shorter than 8, rows logged before the
+        experiment columns existed). ``include_text`` adds the text (None once purged, or when capture was off).
+        A naive ``start`` or ``end`` is taken to be UTC.
+        """
+        import pandas as pd
+
+        query = self.feature_query(model_version, start, end, role, include_text)
+        with self.engine.connect() as connection:
+            result = connection.execute(query)
+            frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        return frame.astype(FEATURE_DTYPES)
 
     def served_row(self, request_id: str, item_index: int = 0) -> dict[str, Any] | None:
         query = sa.select(self.predictions).where(
@@ -278,8 +338,9 @@ class PredictionLog:
         """Served predictions with their feedback (label, outcome), for accuracy and business metrics."""
         p, f = self.predictions, self.feedback
         query = (
-            sa.select(p.c.request_id, p.c.item_index, p.c.variant, p.c.model_version, p.c.label.label("predicted"),
-                      f.c.label.label("true_label"), f.c.outcome, f.c.ts.label("feedback_ts"))
+            sa.select(p.c.request_id, p.c.item_index, p.c.variant, p.c.model_version, p.c.experiment_id,
+                      p.c.label.label("predicted"), f.c.label.label("true_label"), f.c.outcome,
+                      f.c.ts.label("feedback_ts"))
             .join(f, sa.and_(p.c.request_id == f.c.request_id, p.c.item_index == f.c.item_index))
             .where(p.c.role == SERVED)
             .order_by(f.c.ts)
@@ -288,4 +349,7 @@ class PredictionLog:
             return [dict(r) for r in connection.execute(query).mappings()]
 
     def drop_tables(self) -> None:
+        """Drop the log's tables and its version table (tests, and tearing down a scratch log)."""
         self.metadata.drop_all(self.engine)
+        version = sa.Table(version_table_name(self.table_prefix), sa.MetaData())
+        version.drop(self.engine, checkfirst=True)

@@ -8,10 +8,24 @@ challenger's share.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Literal
 
 Variant = Literal["champion", "challenger"]
 _SCALE = float(2**64)
+
+
+@dataclass(frozen=True)
+class RoutingContext:
+    """What split the units when a request was served; every log row of the request carries it.
+
+    ``salt`` is the one actually hashed (the deployment record's ``routing_salt``, else the server's), so an
+    experiment's analysis can recompute any unit's variant from the log alone.
+    """
+
+    salt: str
+    challenger_share: float
+    experiment_id: str | None
 
 
 def unit_fraction(salt: str, unit_id: str) -> float:

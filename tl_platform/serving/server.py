@@ -31,6 +31,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--sqlite-synchronous", choices=("normal", "full"), default=defaults.sqlite_synchronous,
         help="normal: answered requests survive a killed server; full: also a power loss (fsync per commit)",
     )
+    privacy = parser.add_argument_group(
+        "prediction log privacy",
+        "By default the log stores each request's text (as scored) for drift analysis, labelling and retraining, "
+        "and removes it after --text-retention-days (a purge at start, then hourly); the row and its monitoring "
+        "features stay. --no-capture-text never stores texts: features, labels and confidences are still logged.",
+    )
+    privacy.add_argument(
+        "--no-capture-text", dest="capture_text", action="store_false",
+        help="do not store request texts in the prediction log (the text column stays NULL)",
+    )
+    privacy.add_argument(
+        "--text-retention-days", type=int, default=defaults.text_retention_days,
+        help=f"days a logged text is kept before it is set to NULL, in [1, 3650] (default {defaults.text_retention_days})",
+    )
+    parser.add_argument(
+        "--no-migrate", dest="migrate_log", action="store_false",
+        help="do not migrate the prediction log's schema at start; refuse to start unless it is already at the head "
+        "revision (for replicas when one process, or `python -m tl_platform.serving.log_admin migrate`, migrates)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -46,6 +65,9 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         on_overlong=args.on_overlong,
         reload_interval_s=args.reload_interval_s,
         sqlite_synchronous=args.sqlite_synchronous,
+        capture_text=args.capture_text,
+        text_retention_days=args.text_retention_days,
+        migrate_log=args.migrate_log,
     )
     return dataclasses.replace(config, bucket_edges=()) if args.no_length_buckets else config
 
@@ -57,12 +79,13 @@ def serve(args: argparse.Namespace) -> int:
     from tl_platform.checkpoints.bundle import BundleError
     from tl_platform.serving.app import create_app
     from tl_platform.serving.deployment import DeploymentRecordError
+    from tl_platform.serving.log_migrations import LogSchemaError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
         app = create_app(config)
-    except (ValueError, DeploymentRecordError, BundleError) as err:
+    except (ValueError, DeploymentRecordError, BundleError, LogSchemaError) as err:
         print(f"tlp serve: {err}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -19,7 +19,7 @@ from tl_platform.serving.deployment_watcher import DeploymentWatcher
 from tl_platform.serving.metrics import ServingMetrics
 from tl_platform.serving.model import ServingModel, TokenizedText, softmax
 from tl_platform.serving.prediction_log import SERVED, SHADOW, PredictionLog, PredictionRow
-from tl_platform.serving.routing import Variant, assign_variant
+from tl_platform.serving.routing import RoutingContext, Variant, assign_variant
 from tl_platform.serving.shadow import ShadowJob, ShadowScorer
 
 
@@ -67,9 +67,10 @@ def score_rows(
 
 def log_rows(
     request_id: str, role: str, unit_id: str | None, variant: str, model: ServingModel, tokens: Sequence[TokenizedText],
-    truncated: Sequence[bool], latency_ms: float, scored: Sequence[ScoredText] | None, projection: np.ndarray | None,
-    error: str | None = None,
+    texts: Sequence[str] | None, truncated: Sequence[bool], routing: RoutingContext, latency_ms: float,
+    scored: Sequence[ScoredText] | None, projection: np.ndarray | None, error: str | None = None,
 ) -> list[PredictionRow]:
+    """The log rows of one request's texts; ``texts`` None when text capture is off (the features are kept)."""
     now = datetime.now(UTC)
     rows = []
     for index, token in enumerate(tokens):
@@ -84,10 +85,20 @@ def log_rows(
                 latency_ms=latency_ms, text_chars=token.chars, token_count=token.length,
                 unknown_share=token.unknown_share, truncated=bool(truncated[index]),
                 projection=tuple(float(v) for v in projection[index]) if projection is not None else (),
-                error=error,
+                text=texts[index] if texts is not None else None,
+                experiment_id=routing.experiment_id, routing_salt=routing.salt,
+                challenger_share=routing.challenger_share, error=error,
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class Route:
+    variant: Variant
+    model: ServingModel  # the model that answers
+    shadow: ServingModel | None  # the challenger to shadow-score with, or None
+    routing: RoutingContext
 
 
 class PredictionService:
@@ -100,32 +111,36 @@ class PredictionService:
         routing_salt: str,
         shadow_workers: int,
         shadow_queue_size: int,
+        capture_text: bool = True,
     ) -> None:
         self.watcher = watcher
         self.batcher = batcher
         self.log = log
         self.metrics = metrics
-        self.routing_salt = routing_salt
+        self.routing_salt = routing_salt  # the default; a deployment record's own routing_salt takes precedence
+        self.capture_text = capture_text
         self.shadow = ShadowScorer(
             self._score_shadow, shadow_workers, shadow_queue_size,
             on_outcome=self._shadow_outcome, on_depth=metrics.shadow_queue_depth.set,
         )
 
-    def route(self, unit_id: str) -> tuple[Variant, ServingModel, ServingModel | None]:
-        """(variant, the model that answers, the challenger to shadow-score with or None)."""
+    def route(self, unit_id: str) -> Route:
+        """The variant and model that answer this unit, the challenger to shadow-score with, and the split."""
         live = self.watcher.current
         record = live.record
+        routing = RoutingContext(record.routing_salt or self.routing_salt, record.challenger_share, record.experiment_id)
         if record.shadow or live.challenger is None:
-            return "champion", live.champion, live.challenger if record.shadow else None
-        variant = assign_variant(self.routing_salt, unit_id, record.challenger_share)
-        return variant, (live.challenger if variant == "challenger" else live.champion), None
+            return Route("champion", live.champion, live.challenger if record.shadow else None, routing)
+        variant = assign_variant(routing.salt, unit_id, record.challenger_share)
+        return Route(variant, live.challenger if variant == "challenger" else live.champion, None, routing)
 
     async def predict(
         self, texts: Sequence[str], truncated: Sequence[bool], unit_id: str | None
     ) -> tuple[PredictResult, ShadowJob | None]:
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
-        variant, model, shadow_model = self.route(unit_id if unit_id is not None else request_id)
+        route = self.route(unit_id if unit_id is not None else request_id)
+        variant, model = route.variant, route.model
         tokens = model.tokenize(texts)
         futures = [self.batcher.submit(model, token.input_ids) for token in tokens]
         outputs: list[ItemOutput]
@@ -141,32 +156,36 @@ class PredictionService:
             for s, cut in zip(scored, truncated, strict=True)
         ]
         latency_ms = 1000.0 * (time.perf_counter() - started)
-        rows = log_rows(request_id, SERVED, unit_id, variant, model, tokens, truncated, latency_ms, scored, projection)
+        logged_texts = texts if self.capture_text else None
+        rows = log_rows(request_id, SERVED, unit_id, variant, model, tokens, logged_texts, truncated, route.routing,
+                        latency_ms, scored, projection)
         await asyncio.wrap_future(self.log.submit(rows))  # group commit: the reply waits until the rows are durable
         self.metrics.predictions.labels(variant, model.version).inc(len(texts))
         self.metrics.request_latency.labels(variant).observe(time.perf_counter() - started)
         result = PredictResult(request_id, variant, model.version, tuple(scored), latency_ms)
         job = None
-        if shadow_model is not None:
-            job = ShadowJob(request_id, unit_id, tuple(texts), tuple(truncated), shadow_model, time.perf_counter())
+        if route.shadow is not None:
+            job = ShadowJob(request_id, unit_id, tuple(texts), tuple(truncated), route.shadow, route.routing,
+                            time.perf_counter())
         return result, job
 
     def _score_shadow(self, job: ShadowJob) -> None:
         model = job.challenger
         started = time.perf_counter()
         tokens = model.tokenize(job.texts)
+        texts = job.texts if self.capture_text else None
         try:
             logits, embeddings = model.infer([t.input_ids for t in tokens])
             scored, projection = score_rows(model, tokens, logits, embeddings)
         except Exception as err:
             latency_ms = 1000.0 * (time.perf_counter() - started)
-            rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, job.truncated,
-                            latency_ms, None, None, error=f"{type(err).__name__}: {err}")
+            rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, texts, job.truncated,
+                            job.routing, latency_ms, None, None, error=f"{type(err).__name__}: {err}")
             self.log.submit(rows).result()
             raise  # counted as a failed shadow scoring (and logged with its traceback) by the ShadowScorer
         latency_ms = 1000.0 * (time.perf_counter() - started)
-        rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, job.truncated,
-                        latency_ms, scored, projection)
+        rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, texts, job.truncated,
+                        job.routing, latency_ms, scored, projection)
         self.log.submit(rows).result()
 
     def _shadow_outcome(self, outcome: str, seconds: float) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tl_platform.serving.model import ServingModel
+from tl_platform.serving.routing import RoutingContext
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class ShadowJob:
     texts: tuple[str, ...]
     truncated: tuple[bool, ...]
     challenger: ServingModel
+    routing: RoutingContext  # the deployment's when the request was served, logged on the shadow rows too
     enqueued: float
 
 

@@ -149,7 +149,13 @@ def registered_versions_with_aliases(settings: MlflowSettings, name: str) -> lis
     """(version, its aliases, its tags) of every version of ``name``, newest first."""
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     found = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), reverse=True)
-    return [(str(v.version), list(v.aliases), dict(v.tags)) for v in found]
+    if not found:
+        return []
+    # a search leaves versions' aliases empty; the registered model holds the alias -> version map
+    by_version: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    return [(str(v.version), sorted(by_version.get(str(v.version), [])), dict(v.tags)) for v in found]
 
 
 class MlflowRegistry:

@@ -1,0 +1,117 @@
+"""The prediction log's tables at the head revision, and the engine that opens it.
+
+These definitions are what the code queries; the database gets its schema from the Alembic revisions in
+``tl_platform/serving/migrations`` (``log_migrations.migrate_log``), never from ``create_all``. A test holds the
+two equal, so a column added here without a revision fails there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tl_platform.serving.deployment import ROUTING_FIELD_CHARS  # the record and ServingConfig check the same bound
+
+# Typed columns projection_0 .. projection_7: ExportConfig.projection_components is bounded by the same number,
+# so every exported bundle's projection fits (a shorter one leaves the last columns NULL).
+PROJECTION_COLUMNS = 8
+PROJECTION_NAMES: tuple[str, ...] = tuple(f"projection_{i}" for i in range(PROJECTION_COLUMNS))
+
+
+@dataclass(frozen=True)
+class LogTables:
+    metadata: sa.MetaData
+    predictions: sa.Table
+    feedback: sa.Table
+
+
+def version_table_name(prefix: str) -> str:
+    """Alembic's version table of this log; not ``alembic_version``, which MLflow uses in a database it may share."""
+    return f"{prefix}prediction_log_version"
+
+
+def log_tables(prefix: str) -> LogTables:
+    metadata = sa.MetaData()
+    predictions = sa.Table(
+        f"{prefix}predictions",
+        metadata,
+        sa.Column("request_id", sa.String(64), primary_key=True),
+        sa.Column("item_index", sa.Integer, primary_key=True),
+        sa.Column("role", sa.String(16), primary_key=True),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("unit_id", sa.String(256)),
+        sa.Column("variant", sa.String(16), nullable=False),
+        sa.Column("model_version", sa.String(128), nullable=False),
+        sa.Column("label", sa.String(256)),
+        sa.Column("confidence", sa.Float),
+        sa.Column("probabilities", sa.Text),  # JSON: label sets differ between models
+        sa.Column("latency_ms", sa.Float, nullable=False),
+        sa.Column("text_chars", sa.Integer, nullable=False),
+        sa.Column("token_count", sa.Integer, nullable=False),
+        sa.Column("unknown_share", sa.Float, nullable=False),
+        sa.Column("truncated", sa.Boolean, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("text", sa.Text),  # NULL when capture is off, or after the retention purge
+        # Nullable: rows logged before revision 0002 did not record them.
+        sa.Column("experiment_id", sa.String(ROUTING_FIELD_CHARS)),
+        sa.Column("routing_salt", sa.String(ROUTING_FIELD_CHARS)),
+        sa.Column("challenger_share", sa.Float),
+        *(sa.Column(name, sa.Float) for name in PROJECTION_NAMES),
+        sa.Index(f"ix_{prefix}predictions_model_version_ts", "model_version", "ts"),
+    )
+    feedback = sa.Table(
+        f"{prefix}feedback",
+        metadata,
+        sa.Column("request_id", sa.String(64), primary_key=True),
+        sa.Column("item_index", sa.Integer, primary_key=True),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("label", sa.String(256)),
+        sa.Column("outcome", sa.Float),
+    )
+    return LogTables(metadata, predictions, feedback)
+
+
+def make_engine(url: str, sqlite_synchronous: str = "normal") -> Engine:
+    """An engine for the URL; SQLite gets WAL, the chosen synchronous level and a busy timeout on every connection.
+
+    In WAL mode ``normal`` writes each commit to the WAL before returning (it survives the process being
+    killed) and syncs at checkpoints; ``full`` syncs every commit (it also survives a power loss).
+    """
+    if sqlite_synchronous not in ("normal", "full"):
+        raise ValueError(f"sqlite_synchronous must be 'normal' or 'full', got {sqlite_synchronous!r}")
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        _enable_wal(cursor)
+        cursor.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
+        cursor.close()
+
+    return engine
+
+
+def _enable_wal(cursor: Any, wait_s: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while busy: two connections converting a new database at once (two
+    replicas starting) get SQLITE_BUSY at once, without SQLite's busy handler; in 200 tries one in three did."""
+    import sqlite3
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)

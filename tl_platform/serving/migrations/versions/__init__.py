@@ -1,0 +1,1 @@
+"""The prediction log's revisions, oldest first: 0001 (the schema create_all made), 0002 (monitoring columns)."""
