@@ -42,6 +42,7 @@ class ExportedModelConfig(dg.Config):
     kinds={"onnx", "mlflow"},
     deps=["task_model", "labelled_data"],
     code_version="2",
+    pool="training",  # its latency gate needs the cores to itself, as training does
     check_specs=[
         dg.AssetCheckSpec(PARITY_CHECK, asset="exported_model", blocking=True,
                           description="ONNX FP32 logits match PyTorch within the tolerance on the eval suite"),

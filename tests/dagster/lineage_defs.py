@@ -7,6 +7,7 @@ the same pair, partitioned by day. The store's root comes from LINEAGE_TEST_ROOT
 
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
+import os
 import time
 from pathlib import Path
 
@@ -82,8 +83,18 @@ def daily_summary(context: dg.AssetExecutionContext, stage_store: StageStore) ->
     return dg.MaterializeResult(metadata={**stage_store.save(context, directory), **lineage_metadata(upstream), "read": text})
 
 
+@dg.asset(pool="training")
+def pooled_step() -> dg.MaterializeResult:
+    """Holds the `training` pool's slot for a second and records when (POOL_TEST_SPANS)."""
+    started = time.time()
+    time.sleep(1.0)
+    with open(os.environ["POOL_TEST_SPANS"], "a") as spans:
+        spans.write(f"{started} {time.time()}\n")
+    return dg.MaterializeResult()
+
+
 defs = dg.Definitions(
-    assets=[source_text, shouted_text, daily_text, daily_summary],
+    assets=[source_text, shouted_text, daily_text, daily_summary, pooled_step],
     jobs=[dg.define_asset_job("texts", selection=["source_text", "shouted_text"])],
     resources={"stage_store": StageStore(root=dg.EnvVar("LINEAGE_TEST_ROOT"), cache_dir=dg.EnvVar("LINEAGE_TEST_CACHE"))},
 )

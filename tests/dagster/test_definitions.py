@@ -25,6 +25,8 @@ def graph_snapshot(defs: dg.Definitions) -> dict[str, object]:
             "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
             "group": node.group_name,
             "checks": sorted(check.name for check in node.check_keys),
+            "code_version": node.code_version,
+            "pools": sorted(node.pools or []),
         }
     blocking = sorted(
         f"{spec.asset_key.to_user_string()}:{spec.name}"
@@ -69,7 +71,7 @@ def test_local_environment_puts_state_under_tlp_home(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     resources = resources_for_environment("local")
     assert resources["mlflow"].tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"  # type: ignore[attr-defined]
-    assert resources["artifact_store"].root == str(tmp_path / "artifacts")  # type: ignore[attr-defined]
+    assert resources["stage_store"].root == str(tmp_path / "artifacts")  # type: ignore[attr-defined]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
     assert resources_for_environment("local")["mlflow"].tracking_uri == "http://mlflow.example:5000"  # type: ignore[attr-defined]
 
