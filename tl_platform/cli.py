@@ -47,6 +47,33 @@ def _environment() -> dict[str, str]:
     return env
 
 
+def _ensure_instance_storage(env: dict[str, str]) -> None:
+    """Create the local Dagster instance's storage once, before a run starts.
+
+    Two `tlp run`s started together on a fresh TLP_HOME would each create it, and Dagster's SQLite migrations
+    then collide ("more than one head"); a file lock lets the first create it and the second find it.
+    """
+    import fcntl
+
+    home = Path(env["DAGSTER_HOME"])
+    with open(home / ".storage.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "history" / "runs.db").exists():
+            subprocess.run([_executable("dagster"), "instance", "migrate"], env=env, check=True, capture_output=True)
+
+
+def _config_file(env: dict[str, str], kind: str, config: RunConfig) -> Path:
+    """This invocation's own run config file: two commands at once never read each other's."""
+    import tempfile
+
+    directory = Path(env["TLP_HOME"]) / "run_configs"
+    directory.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".json", dir=directory)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        json.dump(config, file, indent=2)
+    return Path(name)
+
+
 def _executable(name: str) -> str:
     # Prefer the one beside this interpreter (the project's virtual environment), then PATH.
     beside = Path(sys.executable).parent / name
@@ -101,8 +128,8 @@ def _load_config_file(path: Path) -> RunConfig:
 
 def cmd_run(args: argparse.Namespace) -> int:
     env = _environment()
-    config_path = Path(env["TLP_HOME"]) / "last_run_config.json"
-    config_path.write_text(json.dumps(run_config_from_args(args), indent=2))
+    _ensure_instance_storage(env)
+    config_path = _config_file(env, "run", run_config_from_args(args))
     command = [_executable("dagster"), "job", "execute", "-m", "definitions", "-j", args.job, "-c", str(config_path)]
     print(f"tlp: {' '.join(command)}  (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
     completed = subprocess.run(command, env=env, check=False)
@@ -312,8 +339,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not args.owner and not args.config:
             raise SystemExit("tlp: --materialise needs --owner NAME (who owns the monitoring loop) or a --config file")
         env = _environment()
-        config_path = Path(env["TLP_HOME"]) / "last_report_config.json"
-        config_path.write_text(json.dumps(report_run_config(args), indent=2))
+        _ensure_instance_storage(env)
+        config_path = _config_file(env, "report", report_run_config(args))
         command = [
             _executable("dagster"), "asset", "materialize", "-m", "definitions",
             "--select", PROPOSAL_SELECTION, "-c", str(config_path),

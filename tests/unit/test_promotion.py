@@ -89,6 +89,14 @@ def test_bad_promotions_are_refused_with_the_rule(
     assert registry.moves == 0
 
 
+def test_a_version_registered_before_gate_tags_can_be_promoted() -> None:
+    """Earlier releases registered a version only when its gates passed, and tagged its bundle digest."""
+    registry = MemoryRegistry({"1": {"bundle_sha256": "ab" * 32}, "2": {}})
+    assert promote(registry, "m", "1", "champion", "kept from the last release", "ana").changed
+    with pytest.raises(PromotionError, match=r"m v2 is not a candidate that passed its export gates"):
+        promote(registry, "m", "2", "challenger", "unknown origin", "ana")
+
+
 def test_the_champion_cannot_also_be_the_challenger(registry: MemoryRegistry) -> None:
     promote(registry, "m", "1", "champion", "first", "ana")
     with pytest.raises(PromotionError, match=r"m v1 is the champion; a challenger must be another version"):

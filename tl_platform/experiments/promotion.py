@@ -69,7 +69,9 @@ def promote(registry: ModelRegistry, model: str, version: str, alias: str, reaso
     tags = registry.version_tags(model, version)
     if tags is None:
         raise PromotionError(f"{model} has no version {version!r}; list the versions with `tlp models`")
-    if tags.get(GATES_TAG) != "passed":
+    # versions registered before exports tagged their gates were registered only when every gate passed
+    registered_before_tags = GATES_TAG not in tags and "bundle_sha256" in tags
+    if tags.get(GATES_TAG) != "passed" and not registered_before_tags:
         raise PromotionError(
             f"{model} v{version} is not a candidate that passed its export gates ({GATES_TAG}={tags.get(GATES_TAG)!r})"
         )

@@ -158,6 +158,11 @@ def registered_versions_with_aliases(settings: MlflowSettings, name: str) -> lis
     return [(str(v.version), sorted(by_version.get(str(v.version), [])), dict(v.tags)) for v in found]
 
 
+def _names_something_absent(err: mlflow.exceptions.MlflowException) -> bool:
+    """The registry's way of saying a model, version or alias does not exist (the stores differ in the code)."""
+    return err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 class MlflowRegistry:
     """The model registry of one tracking store, as promotion code sees it (``ModelRegistry``)."""
 
@@ -168,7 +173,7 @@ class MlflowRegistry:
         try:
             return str(self._client.get_model_version_by_alias(name, alias).version)
         except mlflow.exceptions.MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if _names_something_absent(err):
                 return None
             raise
 
@@ -176,7 +181,7 @@ class MlflowRegistry:
         try:
             return dict(self._client.get_model_version(name, version).tags)
         except mlflow.exceptions.MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if _names_something_absent(err):
                 return None
             raise
 
@@ -224,7 +229,7 @@ def version_by_alias(settings: MlflowSettings, name: str, alias: str) -> Registe
     try:
         found = client.get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if _names_something_absent(err):
             return None
         raise
     return RegisteredVersion(name=found.name, version=str(found.version), source=str(found.source), tags=dict(found.tags))
