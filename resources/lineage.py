@@ -77,14 +77,25 @@ def find_upstream_materialisation(context: dg.AssetExecutionContext, key: dg.Ass
 def _materialisation_in_run(
     instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey, partition: str | None
 ) -> dg.EventLogRecord | None:
-    records = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False
-    ).records
-    for record in records:
-        materialisation = record.asset_materialization
-        if materialisation is not None and materialisation.asset_key == key and materialisation.partition == partition:
-            return record
-    return None
+    # Through the asset index, not the run's own event log: on SQLite each run's log numbers its events
+    # itself, and only the index's storage ids name one materialisation across the whole instance.
+    run = instance.get_run_record_by_id(run_id)
+    if run is None:
+        return None
+    records_filter = dg.AssetRecordsFilter(
+        asset_key=key,
+        asset_partitions=[partition] if partition else None,
+        after_timestamp=run.create_timestamp.timestamp() - 1.0,
+    )
+    cursor = None
+    while True:  # newest first; only materialisations made since the run was created are read
+        page = instance.fetch_materializations(records_filter, limit=100, cursor=cursor)
+        for record in page.records:
+            if record.run_id == run_id:
+                return record
+        if not page.has_more:
+            return None
+        cursor = page.cursor
 
 
 def describe_record(record: dg.EventLogRecord, key: dg.AssetKey, partition: str | None, how: str) -> UpstreamMaterialisation:

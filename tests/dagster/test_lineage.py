@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from resources.catalogue import locate
 from tests.dagster import lineage_defs
 from tests.dagster.lineage_defs import daily_summary, daily_text, shouted_text, source_text
 
@@ -78,6 +79,12 @@ def test_two_concurrent_runs_each_read_their_own_upstream(store_env: Path) -> No
             upstream = meta["upstream_versions"]["source_text"]  # type: ignore[index]
             assert (upstream["run_id"], upstream["how"]) == (record.run_id, "this run")
         assert {r.asset_materialization.metadata["read"].value for r in records} == {"alpha", "beta"}  # type: ignore[union-attr]
+        # the storage id each recorded names one materialisation across the instance (SQLite numbers each
+        # run's own log separately), so commands outside a run find exactly the source the newest one read
+        newest = records[0]
+        located = locate(instance, lineage_defs.defs.resources["stage_store"], ["shouted_text:source_text"])
+        source = materialised(instance, newest.run_id, "source_text")
+        assert located["shouted_text:source_text"] == str(source["stage_output"])
 
 
 def test_re_executing_one_step_of_an_old_run_reads_that_runs_upstream(instance: dg.DagsterInstance) -> None:
