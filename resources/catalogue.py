@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from resources.environment import resources_for_environment
-from resources.lineage import UpstreamMaterialisation, describe_record
+from resources.lineage import UpstreamMaterialisation, describe_record, materialisation_in_run
 from resources.stage_store import OUTPUT_METADATA_KEY, StageOutputError, StageStore
 
 
@@ -30,13 +30,13 @@ def read_by(instance: dg.DagsterInstance, reader: UpstreamMaterialisation, asset
     """The ``asset`` materialisation that ``reader`` recorded reading (its ``upstream_versions``)."""
     entry = reader.metadata.get("upstream_versions")
     read = (entry.value if entry is not None else {}).get(asset)
-    if not isinstance(read, dict) or "storage_id" not in read:
+    if not isinstance(read, dict) or "run_id" not in read:
         raise StageOutputError(f"{reader.asset_key} (run {reader.run_id}) recorded no {asset} it read; re-materialise it")
     key = dg.AssetKey.from_user_string(asset)
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=[read["storage_id"]]), limit=1).records
-    if not records:
-        raise StageOutputError(f"{asset} materialisation {read['storage_id']} read by {reader.asset_key} is gone from the catalogue")
-    return describe_record(records[0], key, read.get("partition"), f"read by {reader.asset_key}")
+    record = materialisation_in_run(instance, read["run_id"], key, read.get("partition"))
+    if record is None:
+        raise StageOutputError(f"the {asset} of run {read['run_id']} read by {reader.asset_key} is gone from the catalogue")
+    return describe_record(record, key, read.get("partition"), f"read by {reader.asset_key}")
 
 
 def locate(instance: dg.DagsterInstance, store: StageStore, specs: Sequence[str]) -> dict[str, str]:

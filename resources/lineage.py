@@ -63,7 +63,7 @@ def find_upstream_materialisation(context: dg.AssetExecutionContext, key: dg.Ass
     for depth in range(MAX_PARENT_RUNS):
         if run_id is None:
             break
-        found = _materialisation_in_run(instance, run_id, key, partition)
+        found = materialisation_in_run(instance, run_id, key, partition)
         if found is not None:
             return describe_record(found, key, partition, how)
         run = instance.get_run_by_id(run_id)
@@ -74,7 +74,7 @@ def find_upstream_materialisation(context: dg.AssetExecutionContext, key: dg.Ass
     return describe_record(latest[0], key, partition, "latest materialisation") if latest else None
 
 
-def _materialisation_in_run(
+def materialisation_in_run(
     instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey, partition: str | None
 ) -> dg.EventLogRecord | None:
     # Through the asset index, not the run's own event log: on SQLite each run's log numbers its events
