@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from tl_platform.data.schema import LabelledDataset
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+Found = TypeVar("Found")
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,16 @@ def _names_something_absent(err: mlflow.exceptions.MlflowException) -> bool:
     return err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
+def _unless_absent(fetch: Callable[[], Found]) -> Found | None:
+    """What ``fetch`` returns, or None when the registry says it does not exist; any other error is raised."""
+    try:
+        return fetch()
+    except mlflow.exceptions.MlflowException as err:
+        if _names_something_absent(err):
+            return None
+        raise
+
+
 class MlflowRegistry:
     """The model registry of one tracking store, as promotion code sees it (``ModelRegistry``)."""
 
@@ -170,20 +182,10 @@ class MlflowRegistry:
         self._client = MlflowClient(tracking_uri=settings.tracking_uri)
 
     def alias_version(self, name: str, alias: str) -> str | None:
-        try:
-            return str(self._client.get_model_version_by_alias(name, alias).version)
-        except mlflow.exceptions.MlflowException as err:
-            if _names_something_absent(err):
-                return None
-            raise
+        return _unless_absent(lambda: str(self._client.get_model_version_by_alias(name, alias).version))
 
     def version_tags(self, name: str, version: str) -> dict[str, str] | None:
-        try:
-            return dict(self._client.get_model_version(name, version).tags)
-        except mlflow.exceptions.MlflowException as err:
-            if _names_something_absent(err):
-                return None
-            raise
+        return _unless_absent(lambda: dict(self._client.get_model_version(name, version).tags))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._client.set_registered_model_alias(name, alias, version)
@@ -226,10 +228,7 @@ def is_tracking_unavailable(err: BaseException) -> bool:
 def version_by_alias(settings: MlflowSettings, name: str, alias: str) -> RegisteredVersion | None:
     """The version an alias points at, or None when the model or the alias does not exist."""
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    try:
-        found = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException as err:
-        if _names_something_absent(err):
-            return None
-        raise
+    found = _unless_absent(lambda: client.get_model_version_by_alias(name, alias))
+    if found is None:
+        return None
     return RegisteredVersion(name=found.name, version=str(found.version), source=str(found.source), tags=dict(found.tags))
