@@ -7,92 +7,29 @@ imports Dagster. Local state lives under TLP_HOME (default ``.tlp`` in the worki
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tl_platform.local_state import default_tracking_uri, tlp_home
-
-# Dagster's defaults (SQLite under DAGSTER_HOME) plus pool limits: the training stages share one machine's
-# cores, so two runs (a retrain beside a backfill, say) train one at a time; registry moves are serialised too.
-LOCAL_INSTANCE_YAML = """\
-concurrency:
-  pools:
-    default_limit: 1
-"""
-
-
-def _environment() -> dict[str, str]:
-    home = tlp_home()
-    dagster_home = home / "dagster_home"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    instance_file = dagster_home / "dagster.yaml"
-    if not instance_file.is_file() or not instance_file.read_text().strip():  # never overwrite a user's settings
-        instance_file.write_text(LOCAL_INSTANCE_YAML)
-    env = dict(os.environ)
-    env.update(
-        {
-            "TLP_HOME": str(home),
-            "DAGSTER_HOME": str(dagster_home),
-            "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-    )
-    return env
-
-
-def _ensure_instance_storage(env: dict[str, str]) -> None:
-    """Create the local Dagster instance's storage once, before a run starts.
-
-    Two `tlp run`s started together on a fresh TLP_HOME would each create it, and Dagster's SQLite migrations
-    then collide ("more than one head"); a file lock lets the first create it and the second find it.
-    """
-    import fcntl
-
-    home = Path(env["DAGSTER_HOME"])
-    with open(home / ".storage.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (home / "history" / "runs.db").exists():
-            subprocess.run([_executable("dagster"), "instance", "migrate"], env=env, check=True, capture_output=True)
-
-
-def _config_file(env: dict[str, str], kind: str, config: RunConfig) -> Path:
-    """This invocation's own run config file: two commands at once never read each other's."""
-    import tempfile
-
-    directory = Path(env["TLP_HOME"]) / "run_configs"
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f"{kind}-", suffix=".json", dir=directory)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        json.dump(config, file, indent=2)
-    return Path(name)
-
-
-def _executable(name: str) -> str:
-    # Prefer the one beside this interpreter (the project's virtual environment), then PATH.
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise SystemExit(f"tlp: {name!r} is not installed in this environment (pip install -e .)")
-    return found
-
-
-RunConfig = dict[str, dict[str, dict[str, dict[str, object]]]]  # {"ops": {op: {"config": {field: value}}}}
+from tl_platform.orchestration import (
+    RunConfig,
+    config_file,
+    dagster_environment,
+    ensure_instance_storage,
+    executable,
+    load_config_file,
+)
+from tl_platform.proposal_commands import cmd_plan, cmd_report
+from tl_platform.registry_commands import cmd_models, cmd_promote
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     """Run config of the main job from command-line choices, merged over a YAML/JSON file when one is given."""
     config: RunConfig = {"ops": {}}
     if args.config:
-        loaded = _load_config_file(Path(args.config))
+        loaded = load_config_file(Path(args.config))
         config["ops"].update(loaded.get("ops", {}))
 
     def set_field(op: str, key: str, value: object) -> None:
@@ -111,26 +48,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     return config
 
 
-def _load_config_file(path: Path) -> RunConfig:
-    if not path.is_file():
-        raise SystemExit(f"tlp: config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        loaded = json.loads(text)
-    else:
-        import yaml
-
-        loaded = yaml.safe_load(text)
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("ops", {}), dict):
-        raise SystemExit(f"tlp: {path} must hold a mapping with an 'ops' mapping (Dagster run config)")
-    return loaded
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    env = _environment()
-    _ensure_instance_storage(env)
-    config_path = _config_file(env, "run", run_config_from_args(args))
-    command = [_executable("dagster"), "job", "execute", "-m", "definitions", "-j", args.job, "-c", str(config_path)]
+    env = dagster_environment()
+    ensure_instance_storage(env)
+    config_path = config_file(env, "run", run_config_from_args(args))
+    command = [executable("dagster"), "job", "execute", "-m", "definitions", "-j", args.job, "-c", str(config_path)]
     print(f"tlp: {' '.join(command)}  (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
     completed = subprocess.run(command, env=env, check=False)
     if completed.returncode == 0:
@@ -139,15 +61,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    command = [_executable("dagster"), "dev", "-m", "definitions", "--port", str(args.port)]
-    return subprocess.run(command, env=_environment(), check=False).returncode
+    command = [executable("dagster"), "dev", "-m", "definitions", "--port", str(args.port)]
+    return subprocess.run(command, env=dagster_environment(), check=False).returncode
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     home = tlp_home()
     uri = default_tracking_uri(home)
-    command = [_executable("mlflow"), "ui", "--backend-store-uri", uri, "--port", str(args.port)]
-    return subprocess.run(command, env=_environment(), check=False).returncode
+    command = [executable("mlflow"), "ui", "--backend-store-uri", uri, "--port", str(args.port)]
+    return subprocess.run(command, env=dagster_environment(), check=False).returncode
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -197,216 +119,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
         metrics: dict[str, float] = run["metrics"]  # type: ignore[assignment]
         shown = {k: round(v, 4) for k, v in metrics.items() if k in args.metrics}
         print(f"{run['run_id']}  {run['status']:<9} {run['name']:<40} {shown}")
-    return 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    """Measure the data, walk the decision tree, print the plan; write the main job's run config with --write."""
-    from tl_platform.data import DatasetSource, DataValidationError, LabelSchema, SplitFractions, stratified_split
-    from tl_platform.data.bundled import bundled_source
-    from tl_platform.data.loading import load_labelled_text
-    from tl_platform.economics.decision import PlanSettings, plan_transfer
-    from tl_platform.economics.documents import plan_document
-    from tl_platform.economics.measurements import bundled_reference_texts, encoder_embedder
-    from tl_platform.economics.render import to_markdown
-    from tl_platform.models.foundation import (
-        DEFAULT_FOUNDATION_SOURCE,
-        FoundationSource,
-        FoundationSourceError,
-        load_encoder,
-        load_tokenizer,
-        resolve_source,
-    )
-
-    try:
-        if args.data:
-            if not args.labels:
-                raise ValueError("--labels is required with --data (the allowed label values, comma-separated)")
-            source = DatasetSource(
-                path=args.data, schema=LabelSchema(labels=tuple(args.labels.split(","))),
-                text_column=args.text_column, label_column=args.label_column, format=args.format,
-            )
-        else:
-            source = bundled_source(args.domain)
-        dataset = load_labelled_text(source)
-        # the labelled_data asset's default split: domain adaptation trains on the texts of its train split
-        train = stratified_split(dataset, SplitFractions(), args.split_seed).train
-        settings = PlanSettings(
-            latency_sla_ms=args.latency_sla_ms, daily_requests=args.daily_requests,
-            tasks_sharing_backbone=args.tasks, api_latency_ms=args.api_latency_ms,
-            far_threshold=args.far_threshold, max_texts_per_domain=args.max_texts,
-        )
-        spec = FoundationSource(args.foundation or DEFAULT_FOUNDATION_SOURCE)
-        resolved = resolve_source(spec)
-        encoder = load_encoder(resolved)
-        tokenizer = load_tokenizer(resolved)
-        parameters = sum(p.numel() for p in encoder.parameters())
-        plan = plan_transfer(
-            texts=dataset.texts, labels=dataset.labels, class_names=dataset.schema.names,
-            unlabelled_texts=len(train), references=bundled_reference_texts(),
-            embed=encoder_embedder(encoder, tokenizer, args.max_length),
-            pretrained_model=f"{spec.source} ({encoder.config.model_type}, {parameters:,} parameters)",
-            settings=settings,
-        )
-    except (DataValidationError, FoundationSourceError, ValueError) as err:
-        print(f"tlp: {err}", file=sys.stderr)
-        return 1
-    payload = plan.to_json()
-    if payload["run_config"] is not None:  # printed as written: the recipe, the data and the foundation model
-        payload["run_config"] = plan_run_config(args, payload["run_config"], spec.source)
-    print(to_markdown(plan_document(payload)))
-    if args.write:
-        if payload["run_config"] is None:
-            print(f"tlp: no run config to write: the main job runs neither {plan.recommended.label} nor "
-                  f"{plan.runner_up.label}", file=sys.stderr)
-            return 1
-        _write_run_config(Path(args.write), payload["run_config"])
-        print(f"tlp: wrote {args.write}; run it with `tlp run --config {args.write}`")
-    return 0
-
-
-def plan_run_config(args: argparse.Namespace, recipe_config: dict[str, Any], foundation_source: str) -> dict[str, Any]:
-    """The main job's run config for a plan: the recipe's choices plus the data and foundation it measured."""
-    if args.data:
-        data: dict[str, object] = {
-            "path": str(Path(args.data).resolve()),  # the file stays found from any working directory
-            "text_column": args.text_column,
-            "label_column": args.label_column,
-            "labels": args.labels.split(","),
-            "split_seed": args.split_seed,
-        }
-        if args.format:
-            data["format"] = args.format
-    else:
-        data = {"domain": args.domain, "split_seed": args.split_seed}
-    source = foundation_source
-    if not source.startswith("package:") and Path(source).exists():
-        source = str(Path(source).resolve())
-    ops = {
-        "labelled_data": {"config": data},
-        "foundation_model": {"config": {"source": source}},
-        **recipe_config["ops"],
-    }
-    return {"ops": ops}
-
-
-def _write_run_config(path: Path, config: dict[str, object]) -> None:
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-    else:
-        path.write_text(json.dumps(config, indent=2))
-
-
-PROPOSAL_SELECTION = "transfer_plan,cost_report,roi_curve"
-
-
-def report_run_config(args: argparse.Namespace) -> RunConfig:
-    """Run config of the three proposal assets: a file's, with the monitoring loop's owner from --owner."""
-    config: RunConfig = {"ops": {}}
-    if args.config:
-        config["ops"].update(_load_config_file(Path(args.config)).get("ops", {}))
-    if args.owner:
-        config["ops"].setdefault("roi_curve", {"config": {}}).setdefault("config", {})["monitoring_owner"] = args.owner
-    if args.serving_bench:
-        from tl_platform.economics.serving import throughput_from_bench
-
-        path = Path(args.serving_bench)
-        if not path.is_file():
-            raise SystemExit(f"tlp: serving bench file {path} does not exist")
-        try:
-            rate, source = throughput_from_bench(json.loads(path.read_text(encoding="utf-8")), str(path))
-        except (ValueError, json.JSONDecodeError) as err:
-            raise SystemExit(f"tlp: {err}") from err
-        cost = config["ops"].setdefault("cost_report", {"config": {}}).setdefault("config", {})
-        cost.update({"serving_throughput_requests_per_second": rate, "serving_throughput_source": source})
-    return config
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Render the published plan, cost report and ROI curve to one HTML page; --materialise makes them first."""
-    from tl_platform.economics.report import (
-        PROPOSAL_CATALOGUE_SPECS,
-        ProposalIncompleteError,
-        load_proposal,
-        render_proposal_html,
-    )
-
-    if args.serving_bench and not args.materialise:
-        raise SystemExit("tlp: --serving-bench feeds the cost report when it is materialised: add --materialise")
-    if args.materialise:
-        if not args.owner and not args.config:
-            raise SystemExit("tlp: --materialise needs --owner NAME (who owns the monitoring loop) or a --config file")
-        env = _environment()
-        _ensure_instance_storage(env)
-        config_path = _config_file(env, "report", report_run_config(args))
-        command = [
-            _executable("dagster"), "asset", "materialize", "-m", "definitions",
-            "--select", PROPOSAL_SELECTION, "-c", str(config_path),
-        ]
-        print(f"tlp: {' '.join(command)}  (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
-        completed = subprocess.run(command, env=env, check=False)
-        if completed.returncode != 0:
-            return completed.returncode
-    try:
-        proposal = load_proposal(*_catalogue_dirs(PROPOSAL_CATALOGUE_SPECS))
-    except ProposalIncompleteError as err:
-        print(f"tlp: {err}", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_proposal_html(proposal), encoding="utf-8")
-    print(f"tlp: wrote {out}")
-    return 0
-
-
-def _catalogue_dirs(specs: Sequence[str]) -> list[Path]:
-    """Local directories of stage outputs as the Dagster catalogue records them (``resources.catalogue``)."""
-    from tl_platform.economics.report import MATERIALISE_HINT, ProposalIncompleteError
-
-    command = [sys.executable, "-m", "resources.catalogue", *specs]
-    completed = subprocess.run(command, env=_environment(), capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
-        message = completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "no output"
-        raise ProposalIncompleteError(f"{message.removeprefix('catalogue: ')}; {MATERIALISE_HINT}")
-    located = json.loads(completed.stdout)
-    return [Path(located[spec]) for spec in specs]
-
-
-def cmd_promote(args: argparse.Namespace) -> int:
-    """Move the champion or challenger alias by hand, with the reason recorded on the version."""
-    from tl_platform.experiments.promotion import PromotionConflictError, PromotionError, promote
-    from tl_platform.tracking.mlflow_tracker import MlflowRegistry, MlflowSettings
-
-    settings = MlflowSettings(default_tracking_uri(tlp_home()), args.experiment)
-    actor = args.actor or f"{os.environ.get('USER', 'someone')} via tlp promote"
-    try:
-        done = promote(MlflowRegistry(settings), args.model, args.version, args.alias, args.reason, actor)
-    except (PromotionError, PromotionConflictError) as err:
-        print(f"tlp: {err}", file=sys.stderr)
-        return 1
-    if not done.changed:
-        print(f"{done.model}: {done.alias} already names v{done.version}; nothing changed")
-    else:
-        print(f"{done.model}: {done.alias} v{done.previous or 'none'} -> v{done.version} ({done.reason})")
-        print("  re-materialise `deployment` (tlp ui, or dagster asset materialize --select deployment) to serve it")
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    """The registered versions of the serving model, their aliases and status, newest first."""
-    from tl_platform.tracking.mlflow_tracker import MlflowSettings, registered_versions_with_aliases
-
-    settings = MlflowSettings(default_tracking_uri(tlp_home()), args.experiment)
-    versions = registered_versions_with_aliases(settings, args.model)
-    if not versions:
-        print(f"{args.model}: no registered versions at {settings.tracking_uri}")
-        return 0
-    for version, aliases, tags in versions:
-        reason = next((tags[f"tlp.{a}.reason"] for a in aliases if f"tlp.{a}.reason" in tags), "")
-        shown = ",".join(aliases) or "-"
-        print(f"v{version:<5} {shown:<20} {tags.get('tlp.status', '-'):<18} {reason}")
     return 0
 
 

@@ -16,7 +16,7 @@ from assets import labelled_data
 from assets.foundation import foundation_model
 from resources import MlflowTracking
 from tests.dagster.conftest import make_stage_resources
-from tl_platform.cli import LOCAL_INSTANCE_YAML
+from tl_platform.orchestration import LOCAL_INSTANCE_YAML
 from tl_platform.tracking.mlflow_tracker import is_tracking_unavailable
 
 

@@ -61,26 +61,26 @@ def test_bundle_verify_refuses_a_non_bundle(capsys: pytest.CaptureFixture[str], 
 
 def test_each_invocation_gets_its_own_run_config_file(tmp_path: Path) -> None:
     """Two `tlp run`s at once must not read each other's config (a shared file would be overwritten)."""
-    from tl_platform.cli import _config_file
+    from tl_platform.orchestration import config_file
 
     env = {"TLP_HOME": str(tmp_path)}
-    first = _config_file(env, "run", {"ops": {"labelled_data": {"config": {"domain": "yelp"}}}})
-    second = _config_file(env, "run", {"ops": {"labelled_data": {"config": {"domain": "imdb"}}}})
+    first = config_file(env, "run", {"ops": {"labelled_data": {"config": {"domain": "yelp"}}}})
+    second = config_file(env, "run", {"ops": {"labelled_data": {"config": {"domain": "imdb"}}}})
     assert first != second and first.parent == second.parent == tmp_path / "run_configs"
     assert json.loads(first.read_text())["ops"]["labelled_data"]["config"]["domain"] == "yelp"
     assert json.loads(second.read_text())["ops"]["labelled_data"]["config"]["domain"] == "imdb"
 
 
 def test_the_instance_storage_is_created_once_before_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tl_platform import cli
+    from tl_platform import orchestration
 
     monkeypatch.setenv("TLP_HOME", str(tmp_path))
-    env = cli._environment()
-    cli._ensure_instance_storage(env)
+    env = orchestration.dagster_environment()
+    orchestration.ensure_instance_storage(env)
     runs_db = Path(env["DAGSTER_HOME"]) / "history" / "runs.db"
     assert runs_db.is_file()
     assert "default_limit: 1" in (Path(env["DAGSTER_HOME"]) / "dagster.yaml").read_text()
     calls: list[object] = []
-    monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: calls.append(a))
-    cli._ensure_instance_storage(env)
+    monkeypatch.setattr(orchestration.subprocess, "run", lambda *a, **k: calls.append(a))
+    orchestration.ensure_instance_storage(env)
     assert calls == []  # already there: nothing is run again

@@ -9,7 +9,7 @@ import pytest
 
 from tests.unit.test_costs import RUNS
 from tests.unit.test_decision import bag_of_words
-from tl_platform.cli import build_parser, main, report_run_config, run_config_from_args
+from tl_platform.cli import build_parser, main, run_config_from_args
 from tl_platform.data.bundled import SENTIMENT_SCHEMA, bundled_source
 from tl_platform.data.loading import load_labelled_text
 from tl_platform.economics.cost_report import CostSettings, build_cost_report
@@ -30,6 +30,7 @@ from tl_platform.economics.report import (
     write_record,
 )
 from tl_platform.economics.roi import RoiInputs, roi_model
+from tl_platform.proposal_commands import report_run_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -127,7 +128,7 @@ def proposal_dirs(root: Path) -> tuple[Path, Path, Path]:
 def test_tlp_report_writes_the_page_from_the_catalogue(
     published: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tl_platform.cli as cli
+    import tl_platform.proposal_commands as proposal_commands
 
     asked: list[tuple[str, ...]] = []
 
@@ -135,7 +136,7 @@ def test_tlp_report_writes_the_page_from_the_catalogue(
         asked.append(tuple(specs))
         return list(proposal_dirs(published))
 
-    monkeypatch.setattr(cli, "_catalogue_dirs", catalogue)
+    monkeypatch.setattr(proposal_commands, "catalogue_dirs", catalogue)
     out = tmp_path / "proposal.html"
     assert main(["report", "--out", str(out)]) == 0
     assert asked == [("transfer_plan", "roi_curve:cost_report", "roi_curve")]
@@ -229,8 +230,9 @@ def test_report_materialises_with_the_measured_throughput(tmp_path: Path, monkey
     monkeypatch.setenv("TLP_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(subprocess, "run", fake_run)
     code = main(["report", "--materialise", "--owner", "G", "--serving-bench", str(bench), "--out", str(tmp_path / "p.html")])
-    assert code == 3 and len(launched) == 1
-    command = launched[0]
+    # the instance's storage is created first (once), then the three assets are materialised
+    assert code == 3 and [c[1:3] for c in launched] == [["instance", "migrate"], ["asset", "materialize"]]
+    command = launched[1]
     assert command[1:4] == ["asset", "materialize", "-m"] and "transfer_plan,cost_report,roi_curve" in command
     config = json.loads(Path(command[command.index("-c") + 1]).read_text())
     assert config["ops"]["cost_report"]["config"]["serving_throughput_requests_per_second"] == 280.5
