@@ -15,7 +15,7 @@ import dagster as dg
 
 from resources.environment import resources_for_environment
 from resources.lineage import UpstreamMaterialisation, describe_record, materialisation_in_run
-from resources.stage_store import OUTPUT_METADATA_KEY, StageOutputError, StageStore
+from resources.stage_store import LINEAGE_METADATA_KEY, StageOutputError, StageStore
 
 
 def newest(instance: dg.DagsterInstance, asset: str) -> UpstreamMaterialisation:
@@ -28,7 +28,7 @@ def newest(instance: dg.DagsterInstance, asset: str) -> UpstreamMaterialisation:
 
 def read_by(instance: dg.DagsterInstance, reader: UpstreamMaterialisation, asset: str) -> UpstreamMaterialisation:
     """The ``asset`` materialisation that ``reader`` recorded reading (its ``upstream_versions``)."""
-    entry = reader.metadata.get("upstream_versions")
+    entry = reader.metadata.get(LINEAGE_METADATA_KEY)
     read = (entry.value if entry is not None else {}).get(asset)
     if not isinstance(read, dict) or "run_id" not in read:
         raise StageOutputError(f"{reader.asset_key} (run {reader.run_id}) recorded no {asset} it read; re-materialise it")
@@ -46,10 +46,7 @@ def locate(instance: dg.DagsterInstance, store: StageStore, specs: Sequence[str]
         materialisation = newest(instance, reader_name)
         if asset:
             materialisation = read_by(instance, materialisation, asset)
-        entry = materialisation.metadata.get(OUTPUT_METADATA_KEY)
-        if entry is None:
-            raise StageOutputError(f"{materialisation.asset_key} (run {materialisation.run_id}) recorded no location; re-materialise it")
-        found[spec] = str(store.local_copy(materialisation, str(entry.value)))
+        found[spec] = str(store.open(materialisation).path)
     return found
 
 

@@ -11,6 +11,7 @@ an upstream output is downloaded once into a local cache, keyed by the run that 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 from resources.lineage import UpstreamMaterialisation, find_upstream_materialisation
 
 OUTPUT_METADATA_KEY = "stage_output"
+LINEAGE_METADATA_KEY = "upstream_versions"  # what a step read, one entry per upstream asset
 UNPARTITIONED = "_unpartitioned"
 _COMPLETE_SUFFIX = ".complete"  # beside a downloaded copy, so a half-finished download is never read
 
@@ -78,19 +80,22 @@ class StageStore(dg.ConfigurableResource):
         found = find_upstream_materialisation(context, dg.AssetKey.from_user_string(key))
         if found is None:
             raise StageOutputError(f"{key} has never been materialised; materialise {key} first")
+        output = self.open(found)
+        context.log.info(f"reading {key} from {output.location} ({found.how}, run {found.run_id})")
+        return output
+
+    def open(self, found: UpstreamMaterialisation) -> UpstreamOutput:
+        """The output a materialisation recorded, as a local directory (a cached download when remote)."""
         entry = found.metadata.get(OUTPUT_METADATA_KEY)
         if entry is None:
             raise StageOutputError(
-                f"{key}'s materialisation in run {found.run_id} recorded no {OUTPUT_METADATA_KEY} (it was made "
-                f"before outputs were recorded by location); re-materialise {key}"
+                f"{found.asset_key}'s materialisation in run {found.run_id} recorded no {OUTPUT_METADATA_KEY} (it "
+                f"was made before outputs were recorded by location); re-materialise {found.asset_key}"
             )
         location = str(entry.value)
-        path = self.local_copy(found, location)
-        context.log.info(f"reading {key} from {location} ({found.how}, run {found.run_id})")
-        return UpstreamOutput(found, location, path)
+        return UpstreamOutput(found, location, self._local_copy(found, location))
 
-    def local_copy(self, found: UpstreamMaterialisation, location: str) -> Path:
-        """A local directory holding the output at ``location``: itself when local, else a cached download."""
+    def _local_copy(self, found: UpstreamMaterialisation, location: str) -> Path:
         filesystem, remote = fsspec.core.url_to_fs(location)
         if isinstance(filesystem, LocalFileSystem):
             path = Path(remote)
@@ -126,13 +131,13 @@ class StageStore(dg.ConfigurableResource):
         return Path(self.cache_dir)
 
 
+@dataclass(frozen=True)
 class UpstreamOutput:
     """An upstream output as read: which materialisation (run, data version), where it lives, its local path."""
 
-    def __init__(self, materialisation: UpstreamMaterialisation, location: str, path: Path) -> None:
-        self.materialisation = materialisation
-        self.location = location
-        self.path = path
+    materialisation: UpstreamMaterialisation
+    location: str
+    path: Path
 
     def lineage(self) -> dict[str, object]:
         found = self.materialisation
@@ -148,7 +153,7 @@ class UpstreamOutput:
 
 def lineage_metadata(*upstreams: UpstreamOutput) -> dict[str, Any]:
     """The versions a step read, shown on its materialisation: one entry per upstream asset."""
-    return {"upstream_versions": dg.MetadataValue.json({u.materialisation.asset_key: u.lineage() for u in upstreams})}
+    return {LINEAGE_METADATA_KEY: dg.MetadataValue.json({u.materialisation.asset_key: u.lineage() for u in upstreams})}
 
 
 def _partition(context: dg.AssetExecutionContext) -> str | None:
