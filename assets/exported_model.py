@@ -3,6 +3,10 @@
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -10,15 +14,28 @@ from pydantic import Field
 from assets.stage_records import bundle_metadata, content_version, raise_if_gates_failed, tracking_metadata
 from resources.mlflow_tracking import MlflowTracking
 from resources.stage_store import StageStore, lineage_metadata
-from tl_platform.checkpoints import capture_provenance, seal_bundle, verify_bundle
-from tl_platform.data.splits import read_splits
+from tl_platform.checkpoints import BundleManifest, capture_provenance, seal_bundle, verify_bundle
+from tl_platform.data.splits import DatasetSplits, read_splits
 from tl_platform.experiments.promotion import candidate_tags
 from tl_platform.export.exported_bundle import ExportConfig, ExportResult, export_task_bundle
+from tl_platform.tracking.mlflow_tracker import MlflowRunTracker, RegisteredVersion
 
 SERVING_MODEL_NAME = "tlp-classifier"
 PARITY_CHECK = "onnx_fp32_parity"
 QUANTISATION_CHECK = "int8_agreement_and_accuracy"
 LATENCY_CHECK = "single_request_latency_p99"
+
+
+def export_gate_specs(asset: str) -> list[dg.AssetCheckSpec]:
+    """The three blocking export gates, for every asset that exports a model for serving."""
+    return [
+        dg.AssetCheckSpec(PARITY_CHECK, asset=asset, blocking=True,
+                          description="ONNX FP32 logits match PyTorch within the tolerance on the eval suite"),
+        dg.AssetCheckSpec(QUANTISATION_CHECK, asset=asset, blocking=True,
+                          description="INT8 agrees with FP32 on enough eval predictions and loses little accuracy"),
+        dg.AssetCheckSpec(LATENCY_CHECK, asset=asset, blocking=True,
+                          description="p99 of single-request INT8 inference stays within the budget"),
+    ]
 
 
 class ExportedModelConfig(dg.Config):
@@ -41,16 +58,9 @@ class ExportedModelConfig(dg.Config):
     group_name="serving",
     kinds={"onnx", "mlflow"},
     deps=["task_model", "labelled_data"],
-    code_version="2",
+    code_version="3",  # 3: the bundle carries the monitoring reference
     pool="training",  # its latency gate needs the cores to itself, as training does
-    check_specs=[
-        dg.AssetCheckSpec(PARITY_CHECK, asset="exported_model", blocking=True,
-                          description="ONNX FP32 logits match PyTorch within the tolerance on the eval suite"),
-        dg.AssetCheckSpec(QUANTISATION_CHECK, asset="exported_model", blocking=True,
-                          description="INT8 agrees with FP32 on enough eval predictions and loses little accuracy"),
-        dg.AssetCheckSpec(LATENCY_CHECK, asset="exported_model", blocking=True,
-                          description="p99 of single-request INT8 inference stays within the budget"),
-    ],
+    check_specs=export_gate_specs("exported_model"),
 )
 def exported_model(
     context: dg.AssetExecutionContext,
@@ -70,40 +80,66 @@ def exported_model(
     task = verify_bundle(upstreams[0].path / "bundle", expected_stage="task")
     splits = read_splits(upstreams[1].path)
     output = stage_store.output_dir(context)
-    directory = output / "bundle"
     with mlflow.run_for_asset(context) as tracker:
-        tracker.log_params({f"export.{k}": v for k, v in settings.to_json().items()})
-        tracker.log_params({"parent_bundle": task.bundle_sha256})
-        result = export_task_bundle(task.path, directory, splits.train.texts, splits.eval_suite(), settings)
-        tracker.log_metrics(result.summary())
-        provenance = capture_provenance(
-            stage="exported", config=settings.to_json(), seeds={}, data_hashes=splits.hashes(),
-            parent_bundle=task.bundle_sha256, extra={"max_length": result.max_length},
-        )
-        manifest = seal_bundle(directory, provenance)
-        checks = raise_if_gates_failed(context, gate_results(result))
-        tags = {"bundle_path": str(manifest.path), "bundle_sha256": manifest.bundle_sha256,
-                "dagster.run_id": context.run_id, **candidate_tags()}
-        version = tracker.log_bundle(manifest.path, "bundle", SERVING_MODEL_NAME, tags)
-        tracker.set_tags({"registered_version": version.version, "status": "candidate"})
-        tracked = tracking_metadata(tracker, version)
+        export = export_and_register(context, tracker, task, splits, settings, output / "bundle", extra_tags={})
         stored = stage_store.save(context, output)
     return dg.MaterializeResult(
-        metadata={
-            **tracked,
-            **stored,
-            **lineage_metadata(*upstreams),
-            **bundle_metadata(manifest),
-            **{k: float(v) for k, v in result.summary().items()},
-            "registered_version": version.version,
-            "status": "candidate",
-            "gates": dg.MetadataValue.json(json.loads(json.dumps(result.gate_reports()))),
-        },
-        check_results=checks,
-        # serving.json names the task bundle's manifest (which records when it was made): the task's content
-        # version stands in for it, so re-exporting the same weights gives the same data version
-        data_version=content_version(manifest.content_sha256(frozenset({"serving.json"})), task.content_sha256()),
+        metadata={**export.metadata, **stored, **lineage_metadata(*upstreams)},
+        check_results=export.checks,
+        data_version=export.data_version,
     )
+
+
+@dataclass(frozen=True)
+class RegisteredExport:
+    """An export that passed its gates and was registered as a candidate, with what the asset reports of it."""
+
+    version: RegisteredVersion
+    manifest: BundleManifest
+    checks: list[dg.AssetCheckResult]
+    metadata: dict[str, Any]
+    data_version: dg.DataVersion
+
+
+def export_and_register(
+    context: dg.AssetExecutionContext,
+    tracker: MlflowRunTracker,
+    task: BundleManifest,
+    splits: DatasetSplits,
+    settings: ExportConfig,
+    directory: Path,
+    extra_tags: Mapping[str, str],
+) -> RegisteredExport:
+    """Export a task bundle, judge it by the gates (raising if one fails), seal it, register it as a candidate.
+
+    The one path every served model takes, the first export and every retrained candidate alike.
+    """
+    tracker.log_params({f"export.{k}": v for k, v in settings.to_json().items()})
+    tracker.log_params({"parent_bundle": task.bundle_sha256})
+    result = export_task_bundle(task.path, directory, splits.train.texts, splits.eval_suite(), settings)
+    tracker.log_metrics(result.summary())
+    provenance = capture_provenance(
+        stage="exported", config=settings.to_json(), seeds={}, data_hashes=splits.hashes(),
+        parent_bundle=task.bundle_sha256, extra={"max_length": result.max_length},
+    )
+    manifest = seal_bundle(directory, provenance)
+    checks = raise_if_gates_failed(context, gate_results(result))
+    tags = {"bundle_path": str(manifest.path), "bundle_sha256": manifest.bundle_sha256,
+            "dagster.run_id": context.run_id, **candidate_tags(), **extra_tags}
+    version = tracker.log_bundle(manifest.path, "bundle", SERVING_MODEL_NAME, tags)
+    tracker.set_tags({"registered_version": version.version, "status": "candidate"})
+    metadata = {
+        **tracking_metadata(tracker, version),
+        **bundle_metadata(manifest),
+        **{k: float(v) for k, v in result.summary().items()},
+        "registered_version": version.version,
+        "status": "candidate",
+        "gates": dg.MetadataValue.json(json.loads(json.dumps(result.gate_reports()))),
+    }
+    # serving.json names the task bundle's manifest (which records when it was made): the task's content
+    # version stands in for it, so re-exporting the same weights gives the same data version
+    data_version = content_version(manifest.content_sha256(frozenset({"serving.json"})), task.content_sha256())
+    return RegisteredExport(version, manifest, checks, metadata, data_version)
 
 
 def gate_results(result: ExportResult) -> list[dg.AssetCheckResult]:

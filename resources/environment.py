@@ -7,8 +7,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from resources.alerts import AlertRoute
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
+from resources.prediction_log import PredictionLogSource
+from resources.retrain_policy import RetrainPolicy
 from resources.stage_store import StageStore
 from tl_platform.local_state import default_tracking_uri, tlp_home
 
@@ -27,6 +30,10 @@ def local_resources(home: Path) -> dict[str, dg.ConfigurableResource]:
             artifact_location=(home / "mlartifacts").as_uri(),
             ui_base_url=os.environ.get("TLP_MLFLOW_UI", "http://127.0.0.1:5000"),
         ),
+        # the file `tlp serve` writes by default under the same home
+        "prediction_log": PredictionLogSource(url=os.environ.get("TLP_PREDICTION_LOG_URL", f"sqlite:///{home / 'predictions.db'}")),
+        "alerts": AlertRoute(webhook_url=os.environ.get("TLP_ALERT_WEBHOOK") or None),
+        "retrain_policy": RetrainPolicy(),
     }
 
 
@@ -40,6 +47,9 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
             tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
             ui_base_url=dg.EnvVar("TLP_MLFLOW_UI"),
         ),
+        "prediction_log": PredictionLogSource(url=dg.EnvVar("TLP_PREDICTION_LOG_URL")),
+        "alerts": AlertRoute(webhook_url=os.environ.get("TLP_ALERT_WEBHOOK") or None),
+        "retrain_policy": RetrainPolicy(),
     }
 
 

@@ -125,6 +125,14 @@ class StageStore(dg.ConfigurableResource):
     def _root_path(self) -> str:
         return str(fsspec.core.url_to_fs(self.root)[1])
 
+    def cache_path(self) -> Path:
+        """Where copies fetched from elsewhere (a registry's artifacts) are kept: ``cache_dir``, or ``<root>/_cache``."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        if self._is_local():
+            return Path(self._root_path()) / "_cache"
+        raise StageOutputError(f"StageStore.cache_dir is required when root is remote ({self.root})")
+
     def _cache(self) -> Path:
         if not self.cache_dir:
             raise StageOutputError(f"StageStore.cache_dir is required when root is remote ({self.root})")

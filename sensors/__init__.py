@@ -1,6 +1,7 @@
-"""Sensors for signals from outside the asset graph (monitor results, experiment outcomes).
+"""Sensors: signals from outside the asset graph (monitor results) that start runs."""
 
-None yet: the monitoring loop that feeds them lands with the monitoring stage.
-"""
+from sensors.retrain_trigger import drift_canary_trigger, retrain_job
 
-SENSORS: list[object] = []
+SENSORS = [drift_canary_trigger]
+
+__all__ = ["SENSORS", "drift_canary_trigger", "retrain_job"]

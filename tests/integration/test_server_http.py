@@ -7,11 +7,8 @@ starting together on a log the previous release made migrate it once (a --no-mig
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,52 +18,19 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.server_process import free_port, launch_server, start_server, wait_ready
 from tests.serving_fixtures import OLD_PROJECTIONS, ServingBundles, make_old_log, serving_bundles, write_record
 from tl_platform.serving.prediction_log import PredictionLog
 
 __all__ = ["serving_bundles"]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _launch(deployment: Path, log_url: str, port: int, tmp_path: Path, *flags: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "tl_platform.serving", "--deployment", str(deployment), "--log-url", log_url,
-               "--port", str(port), "--batch-workers", "2", "--max-wait-ms", "2", "--reload-interval-s", "0.1", *flags]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    stderr = (tmp_path / f"server-{port}.log").open("wb")
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=stderr, stderr=stderr)
-
-
-def _wait_ready(server: subprocess.Popen[bytes], port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited with {server.returncode}: {(tmp_path / f'server-{port}.log').read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.kill()
-    raise AssertionError("server did not become ready in 60 s")
-
-
-def _start(deployment: Path, log_url: str, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
-    return _wait_ready(_launch(deployment, log_url, port, tmp_path), port, tmp_path)
 
 
 @pytest.fixture
 def served(serving_bundles: ServingBundles, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path, str]]:
     deployment = write_record(tmp_path / "deployment.json", serving_bundles.exported, version="1")
     log_url = f"sqlite:///{tmp_path / 'predictions.db'}"
-    port = _free_port()
-    server = _start(deployment, log_url, port, tmp_path)
+    port = free_port()
+    server = start_server(deployment, log_url, port, tmp_path)
     yield server, f"http://127.0.0.1:{port}", deployment, log_url
     if server.poll() is None:
         server.kill()
@@ -160,17 +124,17 @@ def test_replicas_on_an_old_log_migrate_it_once_and_a_no_migrate_replica_waits_f
     deployment = write_record(tmp_path / "deployment.json", serving_bundles.exported, version="1")
     log_url = f"sqlite:///{tmp_path / 'old.db'}"
     make_old_log(log_url, "")  # the previous release's log, with rows
-    port = _free_port()
-    refused = _launch(deployment, log_url, port, tmp_path, "--no-migrate")
+    port = free_port()
+    refused = launch_server(deployment, log_url, port, tmp_path, "--no-migrate")
     assert refused.wait(60) == 2
     assert "tlp serve: prediction log schema is at revision unversioned" in (tmp_path / f"server-{port}.log").read_text()
-    ports = [_free_port(), _free_port()]
-    servers = [_launch(deployment, log_url, p, tmp_path) for p in ports]  # two replicas start at once
+    ports = [free_port(), free_port()]
+    servers = [launch_server(deployment, log_url, p, tmp_path) for p in ports]  # two replicas start at once
     try:
         for server, port in zip(servers, ports, strict=True):
-            _wait_ready(server, port, tmp_path)
-        late = _free_port()
-        servers.append(_wait_ready(_launch(deployment, log_url, late, tmp_path, "--no-migrate"), late, tmp_path))
+            wait_ready(server, port, tmp_path)
+        late = free_port()
+        servers.append(wait_ready(launch_server(deployment, log_url, late, tmp_path, "--no-migrate"), late, tmp_path))
         answered = [httpx.post(f"http://127.0.0.1:{p}/predict", json={"text": f"sent to {p}"}, timeout=10).json()["request_id"]
                     for p in [*ports, late]]
     finally:
@@ -186,5 +150,5 @@ def test_replicas_on_an_old_log_migrate_it_once_and_a_no_migrate_replica_waits_f
     assert all(rows[rid]["projection_3"] is not None and rows[rid]["routing_salt"] == "tlp-ab" for rid in answered)
     assert [rows["c" * 32][f"projection_{i}"] for i in range(4)] == OLD_PROJECTIONS["c" * 32]
     with log.engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT version_num FROM prediction_log_version")).scalars().all() == ["0002"]
+        assert connection.execute(sa.text("SELECT version_num FROM prediction_log_version")).scalars().all() == ["0003"]
     log.close()

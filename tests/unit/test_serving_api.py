@@ -182,7 +182,8 @@ def test_openapi_documents_every_endpoint_and_error_shape(client: TestClient) ->
     assert set(schema["paths"]) == {"/predict", "/feedback", "/healthz", "/readyz", "/metrics"}
     predict = schema["paths"]["/predict"]["post"]
     body_schema = predict["requestBody"]["content"]["application/json"]["schema"]
-    assert set(body_schema["properties"]) == {"text", "texts", "unit_id"} and body_schema["additionalProperties"] is False
+    assert set(body_schema["properties"]) == {"text", "texts", "unit_id", "attributes"}
+    assert body_schema["additionalProperties"] is False
     assert set(predict["responses"]) == {"200", "400", "413", "422", "500", "503"}
     assert set(schema["paths"]["/feedback"]["post"]["responses"]) == {"200", "400", "404", "409", "413", "422"}
     assert set(schema["components"]["schemas"]["ErrorResponse"]["properties"]) == {"error", "errors"}
@@ -200,7 +201,9 @@ BODIES = st.one_of(
     st.binary(max_size=200),
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({}, optional={"text": JSON_VALUES | st.text(), "texts": st.lists(st.text(max_size=50), max_size=6) | JSON_VALUES,
-                                        "unit_id": JSON_VALUES | st.text(max_size=300), "extra": JSON_VALUES}).map(lambda v: json.dumps(v).encode()),
+                                        "unit_id": JSON_VALUES | st.text(max_size=300), "extra": JSON_VALUES,
+                                        "attributes": JSON_VALUES | st.dictionaries(st.text(max_size=70), st.text(max_size=300), max_size=20)}
+                          ).map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({}, optional={"request_id": st.text(max_size=40) | st.just(RID), "item_index": JSON_VALUES,
                                         "label": JSON_VALUES | st.text(), "outcome": JSON_VALUES}).map(lambda v: json.dumps(v).encode()),
 )

@@ -40,12 +40,15 @@ def test_privacy_and_migration_flags(capsys: pytest.CaptureFixture[str], monkeyp
     )
     config = config_from_args(args)
     assert (config.capture_text, config.text_retention_days, config.migrate_log) == (False, 7, False)
+    assert not defaults.accept_event_time
+    assert config_from_args(build_parser().parse_args(["serve", "--deployment", "d.json", "--accept-event-time"])).accept_event_time
     monkeypatch.setenv("COLUMNS", "400")  # argparse wraps at the terminal width; one line per paragraph
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--no-capture-text do not store request texts in the prediction log" in help_text
     assert "removes it after --text-retention-days" in help_text and "--no-migrate" in help_text
+    assert "--accept-event-time let POST /predict and /feedback set the logged time with an X-Event-Time header" in help_text
 
 
 def test_serve_refuses_a_bad_retention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,6 +65,6 @@ def test_a_no_migrate_replica_refuses_an_old_schema_naming_both_revisions(
     assert main(["serve", "--deployment", str(deployment), "--log-url", url, "--no-migrate"]) == 2
     assert capsys.readouterr().err.strip() == (
         "tlp serve: prediction log schema is at revision unversioned (tables made by create_all before migrations, "
-        "i.e. 0001), expected 0002 (head); migrate it first: start one server without --no-migrate, or run "
+        "i.e. 0001), expected 0003 (head); migrate it first: start one server without --no-migrate, or run "
         "`python -m tl_platform.serving.log_admin migrate --log-url URL`"
     )

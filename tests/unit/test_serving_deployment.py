@@ -36,6 +36,7 @@ from tl_platform.serving.deployment import (
         ("text_purge_interval_s", 86_401, r"ServingConfig.text_purge_interval_s must be in \[1, 86400\], got 86401"),
         ("capture_text", "no", "ServingConfig.capture_text must be true or false, got 'no'"),
         ("migrate_log", 0, "ServingConfig.migrate_log must be true or false, got 0"),
+        ("accept_event_time", "yes", "ServingConfig.accept_event_time must be true or false, got 'yes'"),
         ("routing_salt", "", "ServingConfig.routing_salt must be a string of 1 to 128 characters, got ''"),
         ("routing_salt", "s" * 129, "ServingConfig.routing_salt must be a string of 1 to 128 characters, got 'sss"),
     ],

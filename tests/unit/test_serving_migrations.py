@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from tl_platform.serving.prediction_log import PredictionLog
 
 __all__ = ["log_url"]  # the fixture, imported for pytest
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0002"
+HEAD = "0003"
 
 
 def columns(url: str, table: str) -> list[str]:
@@ -44,6 +45,17 @@ def versions(url: str, prefix: str) -> list[str]:
     return found
 
 
+def _of_this_log(difference: object, prefix: str) -> bool:
+    """Whether a compare_metadata difference concerns this log: other tests' (and benchmarks') logs share the
+    Postgres database under other prefixes, and their tables and indexes show up as 'remove_...'."""
+    if isinstance(difference, list):  # modify_* entries: [(kind, schema, table name, column, ...)]
+        return any(str(entry[2]).startswith(prefix) for entry in difference)
+    assert isinstance(difference, tuple)
+    obj = difference[1]
+    table = obj if isinstance(obj, sa.Table) else getattr(obj, "table", None)
+    return table is None or table.name.startswith(prefix)
+
+
 def test_a_fresh_log_is_migrated_to_head_once_and_matches_the_code(log_url: tuple[str, str]) -> None:
     url, prefix = log_url
     log = PredictionLog(url, prefix)
@@ -56,8 +68,7 @@ def test_a_fresh_log_is_migrated_to_head_once_and_matches_the_code(log_url: tupl
         context = MigrationContext.configure(connection, opts={"version_table": version_table_name(prefix)})
         diff = compare_metadata(context, log_tables(prefix).metadata)
         tables = set(sa.inspect(connection).get_table_names())
-    # other tests' logs share the Postgres database under other prefixes
-    assert [d for d in diff if not (d[0] == "remove_table" and not d[1].name.startswith(prefix))] == []
+    assert [d for d in diff if _of_this_log(d, prefix)] == []
     assert {f"{prefix}predictions", f"{prefix}feedback", f"{prefix}prediction_log_version"} <= tables
     log.close()
     again.close()
@@ -124,26 +135,61 @@ def test_an_old_create_all_log_is_adopted_and_its_projections_typed(log_url: tup
             None, None, None, None)
     assert rows["a" * 32]["confidence"] == 0.9 and rows["a" * 32]["text_chars"] == 10
     assert [(j["request_id"], j["true_label"]) for j in log.joined_feedback()] == [("a" * 32, "1")]
+    assert {r["attributes"] for r in rows.values()} == {None}  # not recorded before 0003
     with log.engine.connect() as connection:
         indexes = {i["name"]: i["column_names"] for i in sa.inspect(connection).get_indexes(f"{prefix}predictions")}
+        feedback_indexes = {i["name"]: i["column_names"] for i in sa.inspect(connection).get_indexes(f"{prefix}feedback")}
     assert indexes == {f"ix_{prefix}predictions_ts": ["ts"], f"ix_{prefix}predictions_model_version_ts": ["model_version", "ts"]}
+    assert feedback_indexes == {f"ix_{prefix}feedback_ts": ["ts"]}
     log.close()
+
+
+def test_a_log_at_0002_with_rows_upgrades_to_0003_keeping_them_and_downgrades_back(log_url: tuple[str, str]) -> None:
+    url, prefix = log_url
+    make_old_log(url, prefix)
+    engine = make_engine(url)
+    migrate_log(engine, prefix)
+    assert downgrade_log(engine, "0002", prefix) == "0002"  # the schema the previous release ran on, rows and all
+    assert "attributes" not in columns(url, f"{prefix}predictions")
+    with engine.begin() as connection:  # a row the previous release wrote, with text and a typed projection
+        connection.execute(sa.text(
+            f'INSERT INTO "{prefix}predictions" (request_id, item_index, role, ts, variant, model_version, label, '
+            "latency_ms, text_chars, token_count, unknown_share, truncated, text, routing_salt, projection_0) VALUES "
+            "(:r, 0, 'served', :ts, 'champion', '3', '0', 2.0, 5, 2, 0.0, :f, 'hello', 'tlp-ab', 0.25)"),
+            {"r": "e" * 32, "ts": datetime(2025, 1, 3, tzinfo=UTC), "f": False})
+    assert migrate_log(engine, prefix) == MigrationOutcome("0002", HEAD, adopted=False)
+    log = PredictionLog(url, prefix, migrate=False)
+    rows = {r["request_id"]: r for r in log.rows()}
+    assert sorted(rows) == sorted([*OLD_PROJECTIONS, "e" * 32])
+    assert (rows["e" * 32]["text"], rows["e" * 32]["projection_0"], rows["e" * 32]["attributes"]) == ("hello", 0.25, None)
+    assert [rows["c" * 32][name] for name in PROJECTION_NAMES[:4]] == OLD_PROJECTIONS["c" * 32]
+    assert [(j["request_id"], j["true_label"], j["attributes"]) for j in log.joined_feedback()] == [("a" * 32, "1", None)]
+    log.close()
+    assert downgrade_log(engine, "0002", prefix) == "0002"
+    assert "attributes" not in columns(url, f"{prefix}predictions")
+    with engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        assert inspector.get_indexes(f"{prefix}feedback") == []
+        assert {i["name"] for i in inspector.get_indexes(f"{prefix}predictions")} == {
+            f"ix_{prefix}predictions_ts", f"ix_{prefix}predictions_model_version_ts"}  # kept through SQLite's table copy
+        assert connection.execute(sa.text(f'SELECT count(*) FROM "{prefix}predictions"')).scalar() == 5
+    engine.dispose()
 
 
 def test_no_migrate_refuses_a_schema_not_at_head_naming_both_revisions(log_url: tuple[str, str]) -> None:
     url, prefix = log_url
-    with pytest.raises(LogSchemaError, match=r"prediction log schema is at revision none \(an empty database\), expected 0002 \(head\)"):
+    with pytest.raises(LogSchemaError, match=r"prediction log schema is at revision none \(an empty database\), expected 0003 \(head\)"):
         PredictionLog(url, prefix, migrate=False)
     make_old_log(url, prefix)
     with pytest.raises(LogSchemaError, match=(
-        r"at revision unversioned \(tables made by create_all before migrations, i.e. 0001\), expected 0002 \(head\); "
+        r"at revision unversioned \(tables made by create_all before migrations, i.e. 0001\), expected 0003 \(head\); "
         r"migrate it first: start one server without --no-migrate, or run `python -m tl_platform.serving.log_admin migrate")):
         PredictionLog(url, prefix, migrate=False)
     assert "projection" in columns(url, f"{prefix}predictions")  # nothing was changed
     engine = make_engine(url)
     migrate_log(engine, prefix)
     assert downgrade_log(engine, "0001", prefix) == "0001"
-    with pytest.raises(LogSchemaError, match=r"at revision 0001, expected 0002 \(head\)"):
+    with pytest.raises(LogSchemaError, match=r"at revision 0001, expected 0003 \(head\)"):
         PredictionLog(url, prefix, migrate=False)
     migrate_log(engine, prefix)
     PredictionLog(url, prefix, migrate=False).close()  # at head: starts
@@ -204,12 +250,12 @@ def test_log_admin_migrates_reports_and_purges(tmp_path: Path) -> None:
     current = admin("current", "--log-url", url)
     assert current.returncode == 1
     assert current.stdout.strip() == (
-        "prediction log: revision unversioned (tables made by create_all before migrations, i.e. 0001); head 0002")
+        "prediction log: revision unversioned (tables made by create_all before migrations, i.e. 0001); head 0003")
     purge = admin("purge-texts", "--log-url", url, "--older-than-days", "1")
     assert purge.returncode == 2 and "log_admin: prediction log schema is at revision unversioned" in purge.stderr
     migrated = admin("migrate", "--log-url", url)
-    assert (migrated.returncode, migrated.stdout.strip()) == (0, "prediction log: none -> 0002 (adopted a log made before migrations)")
-    assert admin("current", "--log-url", url).stdout.strip() == "prediction log: revision 0002; head 0002"
+    assert (migrated.returncode, migrated.stdout.strip()) == (0, "prediction log: none -> 0003 (adopted a log made before migrations)")
+    assert admin("current", "--log-url", url).stdout.strip() == "prediction log: revision 0003; head 0003"
     engine = make_engine(url)
     with engine.begin() as connection:
         connection.execute(sa.text("UPDATE predictions SET text = 'kept?' WHERE request_id IN (:a, :b)"),
@@ -230,7 +276,7 @@ def test_a_log_migrated_by_a_newer_release_is_neither_migrated_nor_served(log_ur
     engine = make_engine(url)
     with engine.begin() as connection:
         connection.execute(sa.text(f'UPDATE "{version_table_name(prefix)}" SET version_num = \'0099\''))
-    message = (r"prediction log schema is at revision 0099, which this release does not know \(its head is 0002\): "
+    message = (r"prediction log schema is at revision 0099, which this release does not know \(its head is 0003\): "
                r"a newer release migrated the log; run that release's server")
     for migrate in (True, False):
         with pytest.raises(LogSchemaError, match=message):

@@ -80,7 +80,7 @@ def load_labelled_text(source: DatasetSource) -> LabelledDataset:
     if problems:
         raise DataValidationError(path, problems)
 
-    kept_texts, kept_labels, report = _resolve_duplicates(texts, labels)
+    kept_texts, kept_labels, report = resolve_duplicates(texts, labels)
     if not kept_texts:
         raise DataValidationError(path, ["every row was dropped as a conflicting duplicate"])
     return LabelledDataset(
@@ -198,7 +198,7 @@ def _require_columns(path: Path, where: str, present: object, source: DatasetSou
         raise DataValidationError(path, [f"{where}: missing column(s) {missing}; found {names}"])
 
 
-def _resolve_duplicates(texts: list[str], labels: list[int]) -> tuple[list[str], list[int], DuplicateReport]:
+def resolve_duplicates(texts: list[str], labels: list[int]) -> tuple[list[str], list[int], DuplicateReport]:
     labels_of: dict[str, set[int]] = defaultdict(set)
     for text, label in zip(texts, labels, strict=True):
         labels_of[text].add(label)

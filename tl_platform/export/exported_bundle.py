@@ -26,6 +26,7 @@ from tl_platform.export.gates import (
     encoded_for_torch,
     measure_latency,
 )
+from tl_platform.export.monitoring_reference import write_reference
 from tl_platform.export.onnx_export import DEFAULT_OPSET, export_onnx, logits_and_embedding, quantize_int8
 from tl_platform.export.runtime import Encoded, OnnxClassifier, encode
 from tl_platform.monitoring.features import DEFAULT_COMPONENTS, EmbeddingProjection
@@ -170,7 +171,7 @@ def export_task_bundle(
     fp32 = OnnxClassifier(fp32_path, intra_op_threads=config.latency_threads)
     int8 = OnnxClassifier(int8_path, intra_op_threads=config.latency_threads)
     texts = list(eval_suite.texts)
-    reference, _ = batched_outputs(_torch_runner(model), tokenizer, texts, max_length)
+    reference, _ = batched_outputs(torch_runner(model), tokenizer, texts, max_length)
     fp32_logits, _ = batched_outputs(fp32.run, tokenizer, texts, max_length)
     parity = check_parity(reference, fp32_logits, config.parity_tolerance)
     # Dynamic INT8 scales activations per batch tensor, so an INT8 answer to a borderline text can depend on
@@ -181,7 +182,7 @@ def export_task_bundle(
     quantisation = check_quantisation(
         fp32_single, int8_single, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
     )
-    int8_batched, _ = batched_outputs(int8.run, tokenizer, texts, max_length)
+    int8_batched, int8_embeddings = batched_outputs(int8.run, tokenizer, texts, max_length)
     quantisation_batched = check_quantisation(
         fp32_logits, int8_batched, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
     )
@@ -197,6 +198,10 @@ def export_task_bundle(
     _, train_embeddings = batched_outputs(fp32.run, tokenizer, list(train_texts), max_length)
     projection = EmbeddingProjection.fit(train_embeddings, config.projection_components)
     (directory / "projection.json").write_text(json.dumps(projection.to_json()))
+    # the served graph's answers on held-out text: what unshifted traffic should look like to monitoring
+    write_reference(
+        directory, tokenizer, train_texts, max_length, int8_batched, int8_embeddings, schema.labels, projection
+    )
     serving = {
         "max_length": max_length,
         "fp32": FP32_FILE,
@@ -221,7 +226,7 @@ def export_task_bundle(
     return result
 
 
-def _torch_runner(model: Any) -> RunBatch:
+def torch_runner(model: Any) -> RunBatch:
     """PyTorch eager through the very module that was exported (logits and pooled embedding)."""
     import torch
 

@@ -2,7 +2,8 @@
 
 ``POST /predict``, ``POST /feedback``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Bodies are parsed
 here (strict UTF-8, strict JSON, then the pydantic schema) so every bad input gets a 4xx whose message names
-the field and the rule, in one error shape (``ErrorResponse``).
+the field and the rule, in one error shape (``ErrorResponse``). With ``accept_event_time`` on, an
+``X-Event-Time`` header times the logged rows and feedback (replays, simulators); otherwise it is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
 from fastapi import BackgroundTasks, FastAPI, Request
@@ -29,6 +31,7 @@ from tl_platform.serving.metrics import ServingMetrics
 from tl_platform.serving.model import ModelLoader, load_variant
 from tl_platform.serving.prediction_log import (
     DuplicateFeedbackError,
+    FeedbackBeforePredictionError,
     InvalidFeedbackError,
     PredictionLog,
     UnknownRequestError,
@@ -50,6 +53,9 @@ from tl_platform.serving.text_retention import TextRetention
 logger = logging.getLogger(__name__)
 Body = TypeVar("Body", bound=BaseModel)
 ENDPOINTS = frozenset({"/predict", "/feedback", "/healthz", "/readyz", "/metrics"})
+EVENT_TIME_HEADER = "X-Event-Time"
+MAX_EVENT_TIME_CHARS = 64  # the longest ISO 8601 time with microseconds and an offset is 32
+EVENT_TIME_FORMAT = "an ISO 8601 time with a time zone, e.g. 2025-03-01T12:00:00Z or 2025-03-01T14:00:00+02:00"
 
 
 class ApiError(Exception):
@@ -110,8 +116,46 @@ async def parse_body(request: Request, model: type[Body], max_bytes: int) -> Bod
         raise _validation_error(err) from err
 
 
+def event_time(request: Request, accept: bool) -> datetime | None:
+    """The request's ``X-Event-Time`` in UTC, None without the header; ApiError (400) when the server does not
+    accept event times, or the value is not one ISO 8601 time with a time zone."""
+    values = request.headers.getlist(EVENT_TIME_HEADER)
+    if not values:
+        return None
+    header = EVENT_TIME_HEADER
+    if not accept:
+        raise ApiError(400, header, "event_time_disabled",
+                       f"{header}: this server logs its own clock's time; start it with --accept-event-time "
+                       "(ServingConfig.accept_event_time) to let simulators and replays set the time")
+    if len(values) > 1:
+        raise ApiError(400, header, "event_time_once", f"{header}: give it once, got {len(values)} values")
+    raw = values[0].strip()
+    if len(raw) > MAX_EVENT_TIME_CHARS:
+        raise ApiError(400, header, "event_time_format",
+                       f"{header}: must be {EVENT_TIME_FORMAT}, at most {MAX_EVENT_TIME_CHARS} characters; got {len(raw)}")
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError as err:
+        raise ApiError(400, header, "event_time_format", f"{header}: must be {EVENT_TIME_FORMAT}, got {raw!r}") from err
+    if moment.utcoffset() is None:  # a naive time names no instant: the log and its windows are UTC
+        raise ApiError(400, header, "event_time_timezone",
+                       f"{header}: must carry a time zone (Z or +HH:MM); {raw!r} has none")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as err:  # 0001-01-01T00:00+01:00 has no UTC instant in datetime's range
+        raise ApiError(400, header, "event_time_range", f"{header}: {raw!r} is outside the years 1 to 9999 in UTC") from err
+
+
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+_EVENT_TIME_PARAMETER = {
+    "name": EVENT_TIME_HEADER, "in": "header", "required": False,
+    "schema": {"type": "string", "format": "date-time", "maxLength": MAX_EVENT_TIME_CHARS},
+    "description": f"the time to log for this request, {EVENT_TIME_FORMAT}; only on a server started with "
+    "--accept-event-time (replays, simulators), refused with 400 otherwise",
+}
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -257,10 +301,11 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
 
     @app.post(
         "/predict", response_model=PredictResponse, responses=_errors(400, 413, 422, 500, 503),
-        openapi_extra=_body_schema(PredictRequest),
+        openapi_extra={**_body_schema(PredictRequest), "parameters": [_EVENT_TIME_PARAMETER]},
         summary="Classify one text (text) or a batch (texts); unit_id pins the A/B variant",
     )
     async def predict(request: Request, background: BackgroundTasks) -> PredictResponse:
+        when = event_time(request, config.accept_event_time)
         body = await parse_body(request, PredictRequest, config.max_body_bytes)
         texts = body.all_texts()
         if len(texts) > config.max_texts_per_request:
@@ -277,7 +322,7 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
                 texts[index] = text[: config.max_text_chars]
             truncated.append(over)
         try:
-            result, job = await runtime.service.predict(texts, truncated, body.unit_id)
+            result, job = await runtime.service.predict(texts, truncated, body.unit_id, body.attributes, when)
         except Exception as err:  # answered as 500, logged with its traceback and counted under tlp_errors
             logger.exception("predict failed")
             raise ApiError(500, "model", "inference", f"model: prediction failed ({type(err).__name__}: {err})") from err
@@ -292,20 +337,25 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
 
     @app.post(
         "/feedback", response_model=FeedbackResponse, responses=_errors(400, 404, 409, 413, 422),
-        openapi_extra=_body_schema(FeedbackRequest),
+        openapi_extra={**_body_schema(FeedbackRequest), "parameters": [_EVENT_TIME_PARAMETER]},
         summary="The true label or a business outcome of an answered prediction, joined by request_id",
     )
     async def feedback(request: Request) -> FeedbackResponse:
+        when = event_time(request, config.accept_event_time)
         body = await parse_body(request, FeedbackRequest, 65_536)
         outcome = float(body.outcome) if body.outcome is not None else None
         try:
-            await asyncio.to_thread(runtime.log.record_feedback, body.request_id, body.item_index, body.label, outcome)
+            await asyncio.to_thread(runtime.log.record_feedback, body.request_id, body.item_index, body.label, outcome,
+                                    when)
         except UnknownRequestError as err:
             raise ApiError(404, "request_id", "known_request_id", str(err)) from err
         except DuplicateFeedbackError as err:
             raise ApiError(409, "request_id", "one_feedback_per_prediction", str(err)) from err
         except InvalidFeedbackError as err:
             raise ApiError(422, "label", "model_label", str(err)) from err
+        except FeedbackBeforePredictionError as err:
+            raise ApiError(422, EVENT_TIME_HEADER, "feedback_after_prediction",
+                           f"{EVENT_TIME_HEADER}: {str(err).removeprefix('ts: ')}") from err
         return FeedbackResponse(request_id=body.request_id, item_index=body.item_index)
 
     @app.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")

@@ -13,6 +13,9 @@ OverlongPolicy = Literal["truncate", "reject"]
 DEFAULT_BUCKET_EDGES: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 
 
+DEFAULT_MAX_TEXT_CHARS = 10_000
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """Settings of one serving process.
@@ -52,6 +55,12 @@ class ServingConfig:
         text_purge_interval_s: seconds between retention purges, in [1, 86400] (default hourly).
         migrate_log: True (default): at start, bring the log's schema to the head Alembic revision, once across
             replicas (under a lock). False (``--no-migrate``): refuse to start unless the schema is already at head.
+        accept_event_time: False (default): the server's clock times every log row and feedback, and a request
+            carrying an ``X-Event-Time`` header is refused (400). True (``--accept-event-time``): ``POST /predict``
+            and ``POST /feedback`` may carry ``X-Event-Time`` (ISO 8601 with a time zone, e.g.
+            ``2025-03-01T12:00:00Z``), used as the row's or the feedback's time, so traffic simulators and replays
+            of recorded traffic land in the monitoring windows of their own days. Never on a production replica
+            that callers reach directly: they could then write into past windows.
     """
 
     deployment: Path
@@ -64,7 +73,7 @@ class ServingConfig:
     max_wait_ms: float = 0.0
     bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
     max_texts_per_request: int = 64
-    max_text_chars: int = 10_000
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     on_overlong: OverlongPolicy = "reject"
     shadow_workers: int = 1
     shadow_queue_size: int = 256
@@ -76,6 +85,7 @@ class ServingConfig:
     text_retention_days: int = 30
     text_purge_interval_s: float = 3600.0
     migrate_log: bool = True
+    accept_event_time: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment", Path(self.deployment))
@@ -120,7 +130,7 @@ class ServingConfig:
             and 1 <= self.text_purge_interval_s <= 86_400,
             f"ServingConfig.text_purge_interval_s must be in [1, 86400], got {self.text_purge_interval_s!r}",
         )
-        for flag in ("capture_text", "migrate_log"):
+        for flag in ("capture_text", "migrate_log", "accept_event_time"):
             _require(
                 isinstance(getattr(self, flag), bool),
                 f"ServingConfig.{flag} must be true or false, got {getattr(self, flag)!r}",

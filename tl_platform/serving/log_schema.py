@@ -62,6 +62,8 @@ def log_tables(prefix: str) -> LogTables:
         sa.Column("routing_salt", sa.String(ROUTING_FIELD_CHARS)),
         sa.Column("challenger_share", sa.Float),
         *(sa.Column(name, sa.Float) for name in PROJECTION_NAMES),
+        # Revision 0003: the request's slice attributes as canonical JSON (sorted keys); NULL when it sent none.
+        sa.Column("attributes", sa.Text),
         sa.Index(f"ix_{prefix}predictions_model_version_ts", "model_version", "ts"),
     )
     feedback = sa.Table(
@@ -69,7 +71,7 @@ def log_tables(prefix: str) -> LogTables:
         metadata,
         sa.Column("request_id", sa.String(64), primary_key=True),
         sa.Column("item_index", sa.Integer, primary_key=True),
-        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),  # labels recorded since T (0003)
         sa.Column("label", sa.String(256)),
         sa.Column("outcome", sa.Float),
     )

@@ -10,8 +10,10 @@ so an answered request is on disk even if the process is killed right after.
 
 Each row carries what monitoring, experiments and retraining read: the text (NULL when capture is off, or
 after ``purge_texts`` passed its retention), typed features (length, tokens, unknown share, truncation,
-confidence, label, ``projection_0`` .. ``projection_7``), and the experiment id, routing salt and challenger
-share in force when it was served.
+confidence, label, ``projection_0`` .. ``projection_7``), the experiment id, routing salt and challenger
+share in force when it was served, and the request's slice ``attributes`` (``{"domain": "yelp"}``; canonical
+JSON in the column, a dict in every reader). ``labelled_window``, ``served_counts`` and ``labels_recorded`` are
+the monitoring and retraining reads (``log_readers``): SQL filters and joins, pandas frames or counts out.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from tl_platform.serving import log_readers
 from tl_platform.serving.log_migrations import MigrationOutcome, migrate_log, require_head
 from tl_platform.serving.log_schema import (
     PROJECTION_COLUMNS,
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SERVED = "served"
+SERVED = log_readers.SERVED  # "served": the answer the caller got
 SHADOW = "shadow"
 _NO_PROJECTION: tuple[None, ...] = (None,) * PROJECTION_COLUMNS
 # feature_frame's columns and their pandas dtypes (NULL becomes NaN in the float columns)
@@ -67,6 +70,10 @@ class InvalidFeedbackError(ValueError):
     """Feedback breaks a rule that needs the logged prediction (a label the model does not have)."""
 
 
+class FeedbackBeforePredictionError(ValueError):
+    """Feedback given an explicit time (a replay's event time) earlier than its prediction's."""
+
+
 @dataclass(frozen=True)
 class PredictionRow:
     """One text of one request, as scored by one variant (``role`` served, or shadow for the silent challenger).
@@ -74,6 +81,8 @@ class PredictionRow:
     ``projection`` has the exported bundle's K components (at most 8, empty for a failed scoring); it is stored
     in ``projection_0`` .. ``projection_{K-1}``. ``routing_salt``, ``experiment_id`` and ``challenger_share`` are
     the deployment's when the row was served, so an experiment's analysis can recompute every unit's variant.
+    ``attributes`` are the request's slices (validated by the API: at most 16 short string pairs); None or empty
+    stores NULL.
     """
 
     request_id: str
@@ -97,6 +106,7 @@ class PredictionRow:
     routing_salt: str
     challenger_share: float
     error: str | None = None
+    attributes: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.projection) > PROJECTION_COLUMNS:  # load_variant refuses such a bundle; this guards other callers
@@ -104,7 +114,9 @@ class PredictionRow:
 
     def to_db(self) -> dict[str, Any]:
         data = dict(vars(self))  # shallow: dataclasses.asdict deep-copies, a visible share of the server's CPU
+        data["ts"] = _utc(self.ts)  # SQLite keeps the wall time and drops the offset: store UTC
         data["probabilities"] = json.dumps(self.probabilities) if self.probabilities is not None else None
+        data["attributes"] = log_readers.attributes_to_json(self.attributes)
         projection = data.pop("projection")
         data.update(zip(PROJECTION_NAMES, (*projection, *_NO_PROJECTION[len(projection):]), strict=True))
         return data
@@ -119,9 +131,13 @@ class CommitStats:
 _STOP = object()
 
 
-def _utc(moment: datetime) -> datetime:
-    """An aware UTC time; a naive one is taken to be UTC already (the log stores UTC)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+_utc = log_readers.as_utc  # a naive time is taken to be UTC already (the log stores UTC)
+
+
+def _with_attributes(row: Mapping[Any, Any]) -> dict[str, Any]:
+    data = dict(row)
+    data["attributes"] = log_readers.parse_attributes(data.get("attributes"))
+    return data
 
 
 class PredictionLog:
@@ -261,9 +277,13 @@ class PredictionLog:
     def record_feedback(
         self, request_id: str, item_index: int, label: str | None, outcome: float | None, ts: datetime | None = None
     ) -> None:
-        """Join feedback to a served prediction; raise UnknownRequestError, DuplicateFeedbackError or InvalidFeedbackError."""
+        """Join feedback to a served prediction; raise UnknownRequestError, DuplicateFeedbackError, InvalidFeedbackError,
+        or FeedbackBeforePredictionError for an explicit ``ts`` (a replay's event time) before the prediction's.
+
+        ``ts`` None records the server's clock; a naive ``ts`` is taken to be UTC.
+        """
         p = self.predictions
-        query = sa.select(p.c.probabilities).where(  # just the label set: the row also holds the text
+        query = sa.select(p.c.probabilities, p.c.ts).where(  # the label set and time: the row also holds the text
             p.c.request_id == request_id, p.c.item_index == item_index, p.c.role == SERVED
         )
         with self.engine.connect() as connection:
@@ -276,7 +296,12 @@ class PredictionLog:
             allowed = sorted(json.loads(served.probabilities))
             if label not in allowed:
                 raise InvalidFeedbackError(f"label: must be one of the model's labels {allowed}, got {label!r}")
-        row = {"request_id": request_id, "item_index": item_index, "ts": ts or datetime.now(UTC), "label": label, "outcome": outcome}
+        if ts is not None and _utc(ts) < _utc(served.ts):
+            raise FeedbackBeforePredictionError(
+                f"ts: feedback at {_utc(ts).isoformat()} precedes its prediction, served at {_utc(served.ts).isoformat()}"
+            )
+        row = {"request_id": request_id, "item_index": item_index, "ts": _utc(ts) if ts is not None else datetime.now(UTC),
+               "label": label, "outcome": outcome}
         try:
             with self.engine.begin() as connection:
                 connection.execute(self.feedback.insert(), [row])
@@ -288,11 +313,12 @@ class PredictionLog:
     # -- reading (monitoring, experiments, tests) ----------------------------------------------------------
 
     def feature_query(
-        self, model_version: str, start: datetime, end: datetime, role: str = SERVED, include_text: bool = False
+        self, model_version: str, start: datetime, end: datetime, role: str = SERVED, include_text: bool = False,
+        include_attributes: bool = False,
     ) -> sa.Select[Any]:
         """The SELECT behind ``feature_frame``: served by the (model_version, ts) index, in time order."""
         p = self.predictions
-        names = ["ts", *FEATURE_DTYPES, *(["text"] if include_text else [])]
+        names = ["ts", *FEATURE_DTYPES, *(["text"] if include_text else []), *(["attributes"] if include_attributes else [])]
         return (
             sa.select(*(p.c[name] for name in names))
             .where(p.c.model_version == model_version, p.c.ts >= _utc(start), p.c.ts < _utc(end), p.c.role == role)
@@ -300,22 +326,42 @@ class PredictionLog:
         )
 
     def feature_frame(
-        self, model_version: str, start: datetime, end: datetime, role: str = SERVED, include_text: bool = False
+        self, model_version: str, start: datetime, end: datetime, role: str = SERVED, include_text: bool = False,
+        include_attributes: bool = False,
     ) -> pd.DataFrame:
         """One model version's rows with ``start <= ts < end``: time (UTC), keys, routing and typed features.
 
         Float columns hold NaN for NULL (a failed scoring, a projection shorter than 8, rows logged before the
-        experiment columns existed). ``include_text`` adds the text (None once purged, or when capture was off).
-        A naive ``start`` or ``end`` is taken to be UTC.
+        experiment columns existed). ``include_text`` adds the text (None once purged, or when capture was off);
+        ``include_attributes`` the slice attributes (a dict, or None). A naive ``start`` or ``end`` is taken to
+        be UTC.
         """
         import pandas as pd
 
-        query = self.feature_query(model_version, start, end, role, include_text)
+        query = self.feature_query(model_version, start, end, role, include_text, include_attributes)
         with self.engine.connect() as connection:
             result = connection.execute(query)
             frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
         frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+        if include_attributes:
+            frame["attributes"] = log_readers.parse_attributes_column(frame["attributes"])
         return frame.astype(FEATURE_DTYPES)
+
+    def labelled_window(
+        self, start: datetime, end: datetime, feedback_before: datetime | None = None, model_version: str | None = None
+    ) -> pd.DataFrame:
+        """Served rows with ``start <= ts < end`` that have a feedback label recorded before ``feedback_before``
+        (None: any time); outcome-only feedback is left out. Columns and dtypes: ``log_readers.LABELLED_DTYPES``."""
+        return log_readers.labelled_window(self.engine, self.predictions, self.feedback, start, end, feedback_before,
+                                           model_version)
+
+    def served_counts(self, start: datetime, end: datetime) -> dict[tuple[str, str], int]:
+        """Served rows with ``start <= ts < end`` per (model_version, variant), from the ts index."""
+        return log_readers.served_counts(self.engine, self.predictions, start, end)
+
+    def labels_recorded(self, since: datetime, until: datetime | None = None) -> dict[date, int]:
+        """Labels recorded in ``[since, until)`` per UTC day of their prediction: the windows late labels changed."""
+        return log_readers.labels_recorded(self.engine, self.predictions, self.feedback, since, until)
 
     def served_row(self, request_id: str, item_index: int = 0) -> dict[str, Any] | None:
         query = sa.select(self.predictions).where(
@@ -325,28 +371,29 @@ class PredictionLog:
         )
         with self.engine.connect() as connection:
             row = connection.execute(query).mappings().first()
-        return dict(row) if row is not None else None
+        return _with_attributes(row) if row is not None else None
 
     def rows(self, role: str | None = None) -> list[dict[str, Any]]:
+        """Every row (of one role), in time order, ``attributes`` as a dict (tests and small logs)."""
         query = sa.select(self.predictions).order_by(self.predictions.c.ts, self.predictions.c.item_index)
         if role is not None:
             query = query.where(self.predictions.c.role == role)
         with self.engine.connect() as connection:
-            return [dict(r) for r in connection.execute(query).mappings()]
+            return [_with_attributes(r) for r in connection.execute(query).mappings()]
 
     def joined_feedback(self) -> list[dict[str, Any]]:
-        """Served predictions with their feedback (label, outcome), for accuracy and business metrics."""
+        """Served predictions with their feedback (label, outcome) and attributes, for accuracy and business metrics."""
         p, f = self.predictions, self.feedback
         query = (
             sa.select(p.c.request_id, p.c.item_index, p.c.variant, p.c.model_version, p.c.experiment_id,
                       p.c.label.label("predicted"), f.c.label.label("true_label"), f.c.outcome,
-                      f.c.ts.label("feedback_ts"))
+                      f.c.ts.label("feedback_ts"), p.c.attributes)
             .join(f, sa.and_(p.c.request_id == f.c.request_id, p.c.item_index == f.c.item_index))
             .where(p.c.role == SERVED)
             .order_by(f.c.ts)
         )
         with self.engine.connect() as connection:
-            return [dict(r) for r in connection.execute(query).mappings()]
+            return [_with_attributes(r) for r in connection.execute(query).mappings()]
 
     def drop_tables(self) -> None:
         """Drop the log's tables and its version table (tests, and tearing down a scratch log)."""

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
+# Slice attributes: bounded so a row's JSON stays under about 6 KB and slice keys stay usable as column names.
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_KEY_CHARS = 64
+MAX_ATTRIBUTE_VALUE_CHARS = 256
+ATTRIBUTE_KEY_PATTERN = rf"^[A-Za-z0-9_.-]{{1,{MAX_ATTRIBUTE_KEY_CHARS}}}$"
+_ATTRIBUTE_KEY = re.compile(ATTRIBUTE_KEY_PATTERN)
 
 
 def _unicode(value: str) -> str:
@@ -31,12 +48,58 @@ def _storable(value: str) -> str:
     return _unicode(value)
 
 
+def _preview(value: str, chars: int = 40) -> str:
+    """The start of a value for a message: the caller sees which one, without a 10,000-character echo."""
+    return repr(value) if len(value) <= chars else f"{value[:chars]!r}... ({len(value)} characters)"
+
+
+def _attributes(value: object) -> object:
+    """Every rule of ``attributes`` checked here, before the typed dict, so each refusal names the key at fault
+    (by a bounded preview) and its rule, whatever the size of the input."""
+    if not isinstance(value, dict):
+        return value  # not an object: the typed dict below refuses it with pydantic's own message
+    if len(value) > MAX_ATTRIBUTES:
+        raise PydanticCustomError("max_attributes", "at most {limit} attributes, got {count}",
+                                  {"limit": MAX_ATTRIBUTES, "count": len(value)})
+    for key, item in value.items():
+        if not _ATTRIBUTE_KEY.fullmatch(key):
+            raise PydanticCustomError(
+                "attribute_key",
+                "key {key} must be 1 to {limit} characters of letters, digits, '_', '.' or '-'",
+                {"key": _preview(key), "limit": MAX_ATTRIBUTE_KEY_CHARS},
+            )
+        if not isinstance(item, str):
+            raise PydanticCustomError("attribute_value", "value of {key} must be a string, got {kind}",
+                                      {"key": repr(key), "kind": type(item).__name__})
+        if not 1 <= len(item) <= MAX_ATTRIBUTE_VALUE_CHARS:
+            raise PydanticCustomError("attribute_value", "value of {key} must be 1 to {limit} characters, got {count}",
+                                      {"key": repr(key), "limit": MAX_ATTRIBUTE_VALUE_CHARS, "count": len(item)})
+        if "\x00" in item:
+            raise PydanticCustomError("no_nul", "value of {key} must not contain NUL characters", {"key": repr(key)})
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise PydanticCustomError("unicode", "value of {key} must be valid Unicode text (no lone surrogate escapes)",
+                                      {"key": repr(key)}) from err
+    return value
+
+
 Text = Annotated[StrictStr, AfterValidator(_non_blank)]
 StoredString = Annotated[StrictStr, Field(min_length=1, max_length=256), AfterValidator(_storable)]
+# The typed dict documents the bounds in the OpenAPI schema; _attributes enforces them first, with its messages.
+Attributes = Annotated[
+    dict[
+        Annotated[StrictStr, Field(pattern=ATTRIBUTE_KEY_PATTERN)],
+        Annotated[StrictStr, Field(min_length=1, max_length=MAX_ATTRIBUTE_VALUE_CHARS)],
+    ],
+    Field(max_length=MAX_ATTRIBUTES),
+    BeforeValidator(_attributes),
+]
 
 
 class PredictRequest(BaseModel):
-    """One text (``text``) or a batch (``texts``); ``unit_id`` (user, session, tenant) pins the A/B variant."""
+    """One text (``text``) or a batch (``texts``); ``unit_id`` (user, session, tenant) pins the A/B variant;
+    ``attributes`` name the slices the request belongs to, logged on each of its rows for per-slice monitoring."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -44,6 +107,14 @@ class PredictRequest(BaseModel):
     texts: list[Text] | None = Field(default=None, min_length=1, description="a batch of texts to classify")
     unit_id: StoredString | None = Field(
         default=None, description="user, session or tenant id; the same unit always sees the same variant"
+    )
+    attributes: Attributes | None = Field(
+        default=None,
+        description=(
+            f"slices of this request, e.g. {{\"domain\": \"yelp\", \"device\": \"ios\"}}: at most {MAX_ATTRIBUTES} "
+            f"keys of 1 to {MAX_ATTRIBUTE_KEY_CHARS} characters [A-Za-z0-9_.-], string values of 1 to "
+            f"{MAX_ATTRIBUTE_VALUE_CHARS} characters; logged with every row of the request"
+        ),
     )
 
     @model_validator(mode="after")

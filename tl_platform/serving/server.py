@@ -50,6 +50,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not migrate the prediction log's schema at start; refuse to start unless it is already at the head "
         "revision (for replicas when one process, or `python -m tl_platform.serving.log_admin migrate`, migrates)",
     )
+    parser.add_argument(
+        "--accept-event-time", action="store_true",
+        help="let POST /predict and /feedback set the logged time with an X-Event-Time header (ISO 8601 with a time "
+        "zone), for traffic simulators and replays of recorded traffic; without it such requests are refused (400)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -68,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         capture_text=args.capture_text,
         text_retention_days=args.text_retention_days,
         migrate_log=args.migrate_log,
+        accept_event_time=args.accept_event_time,
     )
     return dataclasses.replace(config, bucket_edges=()) if args.no_length_buckets else config
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -69,9 +69,13 @@ def log_rows(
     request_id: str, role: str, unit_id: str | None, variant: str, model: ServingModel, tokens: Sequence[TokenizedText],
     texts: Sequence[str] | None, truncated: Sequence[bool], routing: RoutingContext, latency_ms: float,
     scored: Sequence[ScoredText] | None, projection: np.ndarray | None, error: str | None = None,
+    ts: datetime | None = None, attributes: Mapping[str, str] | None = None,
 ) -> list[PredictionRow]:
-    """The log rows of one request's texts; ``texts`` None when text capture is off (the features are kept)."""
-    now = datetime.now(UTC)
+    """The log rows of one request's texts; ``texts`` None when text capture is off (the features are kept).
+
+    ``ts`` is the request's event time when the caller gave one (a replay), else the server's clock now.
+    """
+    now = ts if ts is not None else datetime.now(UTC)
     rows = []
     for index, token in enumerate(tokens):
         result = scored[index] if scored is not None else None
@@ -87,7 +91,7 @@ def log_rows(
                 projection=tuple(float(v) for v in projection[index]) if projection is not None else (),
                 text=texts[index] if texts is not None else None,
                 experiment_id=routing.experiment_id, routing_salt=routing.salt,
-                challenger_share=routing.challenger_share, error=error,
+                challenger_share=routing.challenger_share, error=error, attributes=attributes,
             )
         )
     return rows
@@ -135,8 +139,11 @@ class PredictionService:
         return Route(variant, live.challenger if variant == "challenger" else live.champion, None, routing)
 
     async def predict(
-        self, texts: Sequence[str], truncated: Sequence[bool], unit_id: str | None
+        self, texts: Sequence[str], truncated: Sequence[bool], unit_id: str | None,
+        attributes: Mapping[str, str] | None = None, event_time: datetime | None = None,
     ) -> tuple[PredictResult, ShadowJob | None]:
+        """Score, log (served rows, carrying ``attributes`` and timed ``event_time`` or now) and return the answer
+        with the shadow job to run after the reply, if the deployment shadows."""
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
         route = self.route(unit_id if unit_id is not None else request_id)
@@ -158,7 +165,7 @@ class PredictionService:
         latency_ms = 1000.0 * (time.perf_counter() - started)
         logged_texts = texts if self.capture_text else None
         rows = log_rows(request_id, SERVED, unit_id, variant, model, tokens, logged_texts, truncated, route.routing,
-                        latency_ms, scored, projection)
+                        latency_ms, scored, projection, ts=event_time, attributes=attributes)
         await asyncio.wrap_future(self.log.submit(rows))  # group commit: the reply waits until the rows are durable
         self.metrics.predictions.labels(variant, model.version).inc(len(texts))
         self.metrics.request_latency.labels(variant).observe(time.perf_counter() - started)
@@ -166,7 +173,7 @@ class PredictionService:
         job = None
         if route.shadow is not None:
             job = ShadowJob(request_id, unit_id, tuple(texts), tuple(truncated), route.shadow, route.routing,
-                            time.perf_counter())
+                            time.perf_counter(), attributes, event_time)
         return result, job
 
     def _score_shadow(self, job: ShadowJob) -> None:
@@ -180,12 +187,13 @@ class PredictionService:
         except Exception as err:
             latency_ms = 1000.0 * (time.perf_counter() - started)
             rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, texts, job.truncated,
-                            job.routing, latency_ms, None, None, error=f"{type(err).__name__}: {err}")
+                            job.routing, latency_ms, None, None, error=f"{type(err).__name__}: {err}",
+                            ts=job.event_time, attributes=job.attributes)
             self.log.submit(rows).result()
             raise  # counted as a failed shadow scoring (and logged with its traceback) by the ShadowScorer
         latency_ms = 1000.0 * (time.perf_counter() - started)
         rows = log_rows(job.request_id, SHADOW, job.unit_id, "challenger", model, tokens, texts, job.truncated,
-                        job.routing, latency_ms, scored, projection)
+                        job.routing, latency_ms, scored, projection, ts=job.event_time, attributes=job.attributes)
         self.log.submit(rows).result()
 
     def _shadow_outcome(self, outcome: str, seconds: float) -> None:

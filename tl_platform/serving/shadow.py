@@ -11,8 +11,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from tl_platform.serving.model import ServingModel
 from tl_platform.serving.routing import RoutingContext
@@ -29,6 +30,8 @@ class ShadowJob:
     challenger: ServingModel
     routing: RoutingContext  # the deployment's when the request was served, logged on the shadow rows too
     enqueued: float
+    attributes: Mapping[str, str] | None = None  # the request's slices, logged on the shadow rows too
+    event_time: datetime | None = None  # the request's X-Event-Time; None: the shadow rows are timed when scored
 
 
 @dataclass(frozen=True)

@@ -232,3 +232,24 @@ def version_by_alias(settings: MlflowSettings, name: str, alias: str) -> Registe
     if found is None:
         return None
     return RegisteredVersion(name=found.name, version=str(found.version), source=str(found.source), tags=dict(found.tags))
+
+
+def version_by_tag(settings: MlflowSettings, name: str, key: str, value: str) -> RegisteredVersion | None:
+    """The newest version of ``name`` whose tag ``key`` equals ``value`` (a bundle digest, say), or None."""
+    if not key.replace("_", "").replace(".", "").isalnum() or "'" in value:
+        raise ValueError(f"tag search needs a plain key and a value without quotes, got {key!r}={value!r}")
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    found = _unless_absent(lambda: client.search_model_versions(f"name='{name}' and tags.{key}='{value}'"))
+    if not found:
+        return None
+    newest = max(found, key=lambda v: int(v.version))
+    return RegisteredVersion(name=newest.name, version=str(newest.version), source=str(newest.source), tags=dict(newest.tags))
+
+
+def download_version(settings: MlflowSettings, version: RegisteredVersion, destination: Path) -> Path:
+    """Copy a registered version's artifacts from the tracking server's store into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=version.source, dst_path=str(destination), tracking_uri=settings.tracking_uri
+    )
+    return Path(local)
