@@ -45,29 +45,18 @@ from tl_platform.monitoring.evidently_report import matched_preset_options
 from tl_platform.monitoring.reference import ReferenceConfig, ReferenceProfile, build_reference
 from tl_platform.monitoring.window import DEFAULT_MAX_ROWS, read_window, served_versions
 from tl_platform.serving.prediction_log import PredictionLog
+from tl_platform.simulation.features import synthetic_features
 
 VERSION, OTHER_VERSION = "3", "4"
 DAY = datetime(2025, 3, 1, tzinfo=UTC)
 K = 4
-PROJECTION_SD = np.array([1.0, 0.7, 0.5, 0.4])
 
 
 def traffic(rng: np.random.Generator, n: int, shifted: bool) -> dict[str, np.ndarray]:
-    """Monitoring features shaped like the served model's: lognormal lengths, mostly-zero unknown share,
-    confidence in [0.5, 1], a binary label and a K-component projection."""
-    chars = np.maximum(1, rng.lognormal(4.3 + (0.6 if shifted else 0.0), 0.6, n).round())
-    tokens = np.maximum(1, (chars / 4.5 + rng.normal(0, 2, n)).round())
-    out = {
-        "text_chars": chars,
-        "token_count": tokens,
-        "unknown_share": np.where(rng.random(n) < 0.8, 0.0, rng.beta(1, 20, n)),
-        "truncated": tokens > 40,
-        "confidence": 1 - rng.beta(1.1 if shifted else 1.0, 6, n) / 2,
-        "label": np.where(rng.random(n) < (0.72 if shifted else 0.55), "positive", "negative"),
-    }
-    projection = rng.normal(size=(n, K)) * PROJECTION_SD
-    out.update({f"projection_{i}": projection[:, i] for i in range(K)})
-    return out
+    """The bench's traffic: when shifted, texts about 1.8x longer, more positives, slightly lower confidence."""
+    if shifted:
+        return synthetic_features(rng, n, length_shift=0.6, positive_share=0.72, confidence_shape=1.1)
+    return synthetic_features(rng, n)
 
 
 def reference_profile(seed: int) -> ReferenceProfile:

@@ -58,6 +58,8 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str, window: str) -> di
 def window_signals(instance: dg.DagsterInstance, window: str) -> WindowSignals:
     drift = latest_metadata(instance, "feature_drift", window)
     canary = latest_metadata(instance, "canary_accuracy", window)
+    if canary is not None and canary.get("complete") is False:
+        canary = None  # scored before its late labels could arrive; the next re-materialisation counts them
     return WindowSignals(
         window=window,
         drift=None if drift is None or drift.get("drift_status") == "insufficient_data" else bool(drift.get("drifted")),
@@ -126,4 +128,4 @@ def drift_canary_trigger(
 
 def _missing_signals(signals: WindowSignals) -> str:
     names = [name for name, value in (("feature_drift", signals.drift), ("canary_accuracy", signals.canary)) if value is None]
-    return " and ".join(names) + " (not materialised, or too little traffic or too few labels to judge)"
+    return " and ".join(names) + " (not materialised yet, scored before its lateness passed, or too little traffic to judge)"

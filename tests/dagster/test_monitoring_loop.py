@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from assets import (
     TRANSFER_ASSETS,
-    candidate_model,
     canary_accuracy,
+    candidate_model,
     deployment,
     exported_model,
     feature_drift,

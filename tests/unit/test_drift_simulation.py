@@ -21,26 +21,9 @@ import pytest
 
 from tl_platform.monitoring.drift import DriftThresholds, detect_drift
 from tl_platform.monitoring.reference import ReferenceProfile, build_reference
+from tl_platform.simulation.features import synthetic_features
 
-PROJECTION_SD = np.array([1.0, 0.7, 0.5, 0.4])
-
-
-def traffic(
-    rng: np.random.Generator, n: int, length_shift: float = 0.0, positive_share: float = 0.55, projection_shift: float = 0.0
-) -> dict[str, np.ndarray]:
-    chars = np.maximum(1, rng.lognormal(4.3 + length_shift, 0.6, n).round())
-    tokens = np.maximum(1, (chars / 4.5 + rng.normal(0, 2, n)).round())
-    out = {
-        "text_chars": chars,
-        "token_count": tokens,
-        "unknown_share": np.where(rng.random(n) < 0.8, 0.0, rng.beta(1, 20, n)),
-        "truncated": tokens > 40,
-        "confidence": 1 - rng.beta(1, 6, n) / 2,
-        "label": np.where(rng.random(n) < positive_share, "positive", "negative").astype(object),
-    }
-    projection = (rng.normal(size=(n, PROJECTION_SD.size)) + projection_shift) * PROJECTION_SD
-    out.update({f"projection_{i}": projection[:, i] for i in range(PROJECTION_SD.size)})
-    return out
+traffic = synthetic_features
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,7 @@ def test_the_readers_plans_use_the_logs_indexes(log: PredictionLog, log_url: tup
     counts = _plan(log, log_readers.served_counts_query(log.predictions, day, end))
     arrivals = _plan(log, log_readers.labels_recorded_query(log.predictions, log.feedback, day, end))
     for plan in (window, one_version, counts):  # one of the two ts indexes, whichever the statistics favour
-        assert f"ix_{prefix}predictions_ts" in plan or f"ix_{prefix}predictions_model_version_ts" in plan, plan
+        assert f"ix_{prefix}predictions_ts" in plan or f"ix_{prefix}predictions_model_version_role_ts" in plan, plan
         assert f"SCAN {prefix}predictions" not in plan and f"Seq Scan on {prefix}predictions" not in plan, plan
     assert f"ix_{prefix}feedback_ts" in arrivals, arrivals
     if log.engine.dialect.name == "sqlite":  # each row's feedback (or prediction) found by primary key, not scanned

@@ -171,7 +171,7 @@ def test_feature_frame_reads_one_version_in_a_time_window(log_url: tuple[str, st
     log.close()
 
 
-def test_feature_query_uses_the_model_version_ts_index(log_url: tuple[str, str]) -> None:
+def test_feature_query_uses_the_model_version_role_ts_index(log_url: tuple[str, str]) -> None:
     log = PredictionLog(log_url[0], log_url[1])
     day = datetime(2025, 3, 1, tzinfo=UTC)
     query = log.feature_query("3", day, day + timedelta(days=1))
@@ -182,7 +182,7 @@ def test_feature_query_uses_the_model_version_ts_index(log_url: tuple[str, str])
         else:  # on an empty table the planner would scan; forbid that to see which index it can use
             connection.exec_driver_sql("SET enable_seqscan = off")
             plan = " ".join(str(r[0]) for r in connection.exec_driver_sql(f"EXPLAIN {sql}"))
-    assert f"ix_{log_url[1]}predictions_model_version_ts" in plan, plan
+    assert f"ix_{log_url[1]}predictions_model_version_role_ts" in plan, plan
     log.close()
 
 

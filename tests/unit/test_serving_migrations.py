@@ -139,7 +139,8 @@ def test_an_old_create_all_log_is_adopted_and_its_projections_typed(log_url: tup
     with log.engine.connect() as connection:
         indexes = {i["name"]: i["column_names"] for i in sa.inspect(connection).get_indexes(f"{prefix}predictions")}
         feedback_indexes = {i["name"]: i["column_names"] for i in sa.inspect(connection).get_indexes(f"{prefix}feedback")}
-    assert indexes == {f"ix_{prefix}predictions_ts": ["ts"], f"ix_{prefix}predictions_model_version_ts": ["model_version", "ts"]}
+    assert indexes == {f"ix_{prefix}predictions_ts": ["ts"],
+                       f"ix_{prefix}predictions_model_version_role_ts": ["model_version", "role", "ts"]}
     assert feedback_indexes == {f"ix_{prefix}feedback_ts": ["ts"]}
     log.close()
 

@@ -4,7 +4,7 @@ Called through ``PredictionLog`` (``labelled_window``, ``served_counts``, ``labe
 log's write path stays small. Every bound is half-open, ``start <= ts < end``, and a naive bound is taken to
 be UTC (the log stores UTC). Plans, checked with EXPLAIN on SQLite and Postgres after ANALYZE
 (tests/unit/test_prediction_log_readers.py): the window and the counts read predictions through
-``ix_predictions_ts`` or ``ix_predictions_model_version_ts`` (a range of ts), never a full scan, and SQLite
+``ix_predictions_ts`` or ``ix_predictions_model_version_role_ts`` (a range of ts), never a full scan, and SQLite
 finds each row's feedback by the feedback primary key; ``labels_recorded`` reads ``ix_feedback_ts``.
 """
 

@@ -64,7 +64,8 @@ def log_tables(prefix: str) -> LogTables:
         *(sa.Column(name, sa.Float) for name in PROJECTION_NAMES),
         # Revision 0003: the request's slice attributes as canonical JSON (sorted keys); NULL when it sent none.
         sa.Column("attributes", sa.Text),
-        sa.Index(f"ix_{prefix}predictions_model_version_ts", "model_version", "ts"),
+        # monitoring reads one version's served rows of one day from this index alone (revision 0003)
+        sa.Index(f"ix_{prefix}predictions_model_version_role_ts", "model_version", "role", "ts"),
     )
     feedback = sa.Table(
         f"{prefix}feedback",
