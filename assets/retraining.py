@@ -46,7 +46,7 @@ class RetrainedModelConfig(dg.Config):
 
     fresh_days: int = Field(default=14, description="labelled traffic served in the window's day and the days before it")
     start_from: str = Field(default="live", description="live (continue the champion's weights) or foundation")
-    replay_ratio: float = Field(default=1.0, description="replay rows of the earlier training data per fresh training row")
+    replay_ratio: float = Field(default=2.0, description="replay rows of the earlier training data per fresh training row")
     max_replay_rows: int = 2000
     fresh_validation_fraction: float = 0.15
     fresh_test_fraction: float = 0.3

@@ -124,6 +124,10 @@ def main() -> None:
                         help="retrain's head learning rate (default: the recipe's, 1e-3 for LoRA)")
     parser.add_argument("--patience", type=int, default=None,
                         help="retrain's early-stopping patience in epochs (default: the recipe's, 2)")
+    parser.add_argument("--method", choices=("lora", "full"), default=None,
+                        help="retrain's fine-tuning method (default: the recipe's, lora)")
+    parser.add_argument("--start", choices=("live", "foundation"), default="live",
+                        help="retrain from the live model (default) or from the foundation, as retrained_model allows")
     parser.add_argument("--rate", type=float, default=0.1, help="character corruption rate of the shifted traffic")
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="order and corruption of the shifted traffic")
     parser.add_argument("--live-dir", type=Path, default=None,
@@ -136,7 +140,7 @@ def main() -> None:
     started_all = time.perf_counter()
 
     recipe = FineTuneConfig()
-    overrides = {"epochs": args.epochs, "learning_rate": args.learning_rate, "early_stopping_patience": args.patience}
+    overrides = {"method": args.method, "epochs": args.epochs, "learning_rate": args.learning_rate, "early_stopping_patience": args.patience}
     retrain_recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
     foundation = resolve_source(FoundationSource(args.foundation))
     old = stratified_split(load_labelled_text(bundled_source(OLD_DOMAIN)), SplitFractions(), SPLIT_SEED)
@@ -151,7 +155,8 @@ def main() -> None:
     runs = sorted(set(runs), key=lambda run: (run[0], -run[1]))
 
     print(f"live recipe: FineTuneConfig {json.dumps(recipe.to_json())}")
-    print(f"retrain recipe: the same, started from the live model, epochs {retrain_recipe.epochs}, learning rate "
+    print(f"retrain recipe: the same, started from the {args.start} model, method {retrain_recipe.method}, "
+          f"epochs {retrain_recipe.epochs}, learning rate "
           f"{retrain_recipe.base_learning_rate:g}, patience {retrain_recipe.early_stopping_patience}")
     print(f"foundation: {args.foundation}; old domain {OLD_DOMAIN} (splits 70/10/20, seed {SPLIT_SEED}: "
           f"{len(old.train)}/{len(old.validation)}/{len(old.test)}); torch threads {torch.get_num_threads()}")
@@ -193,7 +198,8 @@ def main() -> None:
             data = build_retrain_data(fresh, duplicates, old.train, old.test, config)
             print(f"\n-- retrain N={fresh_n} replay {ratio:g}: {json.dumps(data.summary())} --", flush=True)
             started = time.perf_counter()
-            result = fine_tune_classifier(live_dir, tokenizer, data.splits, retrain_recipe,
+            start = live_dir if args.start == "live" else foundation
+            result = fine_tune_classifier(start, tokenizer, data.splits, retrain_recipe,
                                           Path(work) / f"retrain_{fresh_n}_{ratio:g}", NullTracker())
             wall = time.perf_counter() - started
             candidate = result.model.cpu().eval()  # scored on the CPU, as the live model is
@@ -258,7 +264,7 @@ def main() -> None:
 
     if args.json_out is not None:
         payload = {
-            "recipe": recipe.to_json(), "retrain_recipe": retrain_recipe.to_json(), "rate": args.rate, "seed": args.seed,
+            "recipe": recipe.to_json(), "retrain_recipe": retrain_recipe.to_json(), "start": args.start, "rate": args.rate, "seed": args.seed,
             "in_domain": in_domain, "live_holdout": live_holdout, "holdout_n": len(holdout),
             "live_train_seconds": live_train_seconds,
             "runs": [{

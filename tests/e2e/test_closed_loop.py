@@ -50,8 +50,11 @@ MAIN_CONFIG = {
     "ops": {
         "domain_adapted_model": {"config": {"enabled": False}},
         "task_model": {"config": {"epochs": 5, "seed": 42}},
-        # the latency gate is measured elsewhere; a shared CI machine's p99 says little about the model
-        "exported_model": {"config": {"latency_requests": 50, "latency_budget_p99_ms": 500.0}},
+        # The export gates are tested on their own (tests/unit/test_export.py, the demo); here a 5-epoch model on a
+        # shared CI machine would fail them for reasons this loop is not about: the INT8 agreement (dynamic
+        # quantisation flips borderline texts, the serving-hardening issue) and a noisy p99.
+        "exported_model": {"config": {"latency_requests": 50, "latency_budget_p99_ms": 500.0,
+                                      "min_int8_agreement": 0.97, "max_int8_accuracy_drop_points": 2.0}},
     }
 }
 HARMFUL_REQUESTS = 450  # measured enough for the retrain to recover (bench/retrain_recovery.py)
