@@ -6,11 +6,14 @@ The closed loop's last step (issue 9, ``retrained_model``) measured on the bundl
    seed 42, up to 8 epochs with early stopping) trained on amazon's training split (70/10/20, split seed 42),
    merged and saved, so that the retrain starts from it as ``retrained_model`` does;
 2. the harmful shift, built as the platform's traffic would carry it (no bundled pair breaches the 0.85 SLO;
-   see bench/domain_shift.py): every bundled imdb sentence, shuffled once (seeded) and corrupted once with
-   ``corrupt_characters`` (rate 0.1, seeded), with its label as the feedback. A fresh pool of N rows is the
-   first N of that order (pools nest, as more days of feedback would), so every sentence is used once and
-   fresh train and fresh test never share one; the rows after the largest pool are never trained on and form
-   a common held-out set that scores every candidate on the same texts;
+   see bench/domain_shift.py): every bundled imdb sentence, shuffled once (seeded) and shifted once, with its
+   label as the feedback. ``--shift text-speak`` (``text_speak``: words of 4+ letters lose their interior
+   vowels, "great movie" -> "grt mve", the same way at every occurrence, so the shift can be learnt) or
+   ``--shift characters`` (``corrupt_characters``, rate 0.1, seeded: noise drawn afresh for every occurrence,
+   which destroys information rather than moving it). A fresh pool of N rows is the first N of that order
+   (pools nest, as more days of feedback would), so every sentence is used once and fresh train and fresh
+   test never share one; the rows after the largest pool are never trained on and form a common held-out set
+   that scores every candidate on the same texts;
 3. per (N, replay ratio): ``fresh_dataset`` + ``build_retrain_data`` (replay pool: amazon's training split;
    previous test set: amazon's test split) and ``fine_tune_classifier`` started from the live model's saved
    directory with the same recipe; live and candidate scored with ``classifier_accuracy`` on the fresh test
@@ -21,6 +24,7 @@ in-domain is the live model's accuracy on amazon's test split, and the change on
 the verdict is the Done-when line of issue 9: at least half recovered, at most 1 point lost on the old test set.
 
     .venv/bin/python bench/retrain_recovery.py                              # N = 150, 300, 500; replay 1.0; N=300 without replay
+    .venv/bin/python bench/retrain_recovery.py --shift text-speak --fresh 300 450 --replay-ratios 1 2 --no-replay-at
     .venv/bin/python bench/retrain_recovery.py --fresh 300 --replay-ratios 0.5 1 --epochs 4
     .venv/bin/python bench/retrain_recovery.py --live-dir /tmp/live_amazon  # keep (or reuse) the live model there
 """
@@ -49,7 +53,7 @@ from transformers.utils import logging as hf_logging
 from tl_platform.data import LabelledDataset, SplitFractions, load_labelled_text, stratified_split
 from tl_platform.data.bundled import bundled_source
 from tl_platform.models.foundation import FoundationSource, load_tokenizer, resolve_source
-from tl_platform.simulation.shifts import corrupt_characters
+from tl_platform.simulation.shifts import CHAT_SLANG, chat_slang, corrupt_characters, text_speak
 from tl_platform.tracking.protocol import NullTracker
 from tl_platform.training.classifier import fine_tune_classifier
 from tl_platform.training.config import FineTuneConfig
@@ -98,11 +102,17 @@ def interval(accuracy: float, n: int) -> str:
     return f"[{low:.3f},{high:.3f}]"
 
 
-def shifted_traffic(rows: LabelledDataset, rate: float, seed: int) -> tuple[list[str], list[str]]:
-    """Every row once, in a seeded order, its text corrupted once; labels as the raw values feedback carries."""
+def shifted_traffic(rows: LabelledDataset, shift: str, rate: float, min_word_length: int,
+                    seed: int) -> tuple[list[str], list[str]]:
+    """Every row once, in a seeded order, its text shifted once; labels as the raw values feedback carries."""
     order = np.random.default_rng(seed).permutation(len(rows)).tolist()
-    rng = random.Random(seed)
-    texts = [corrupt_characters(rows.texts[i], rate, rng) for i in order]
+    if shift == "chat-slang":
+        texts = [chat_slang(rows.texts[i]) for i in order]
+    elif shift == "text-speak":
+        texts = [text_speak(rows.texts[i], min_word_length) for i in order]
+    else:
+        rng = random.Random(seed)
+        texts = [corrupt_characters(rows.texts[i], rate, rng) for i in order]
     labels = [rows.schema.labels[rows.labels[i]] for i in order]
     return texts, labels
 
@@ -128,8 +138,13 @@ def main() -> None:
                         help="retrain's fine-tuning method (default: the recipe's, lora)")
     parser.add_argument("--start", choices=("live", "foundation"), default="live",
                         help="retrain from the live model (default) or from the foundation, as retrained_model allows")
-    parser.add_argument("--rate", type=float, default=0.1, help="character corruption rate of the shifted traffic")
-    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="order and corruption of the shifted traffic")
+    parser.add_argument("--shift", choices=("characters", "text-speak", "chat-slang"), default="characters",
+                        help="the harmful shift: per-occurrence character noise (characters), or a systematic rewrite: "
+                             "interior vowels dropped (text-speak) or a chat-slang lexicon (chat-slang)")
+    parser.add_argument("--rate", type=float, default=0.1, help="--shift characters: the corruption rate")
+    parser.add_argument("--min-word-length", type=int, default=4,
+                        help="--shift text-speak: words this long or longer lose their interior vowels")
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="order (and corruption) of the shifted traffic")
     parser.add_argument("--live-dir", type=Path, default=None,
                         help="save the live model here (default: a temporary directory); reused if it holds one")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the build machine has 2 cores)")
@@ -145,12 +160,21 @@ def main() -> None:
     foundation = resolve_source(FoundationSource(args.foundation))
     old = stratified_split(load_labelled_text(bundled_source(OLD_DOMAIN)), SplitFractions(), SPLIT_SEED)
     new_rows = load_labelled_text(bundled_source(NEW_DOMAIN))
-    traffic_texts, traffic_labels = shifted_traffic(new_rows, args.rate, args.seed)
+    traffic_texts, traffic_labels = shifted_traffic(new_rows, args.shift, args.rate, args.min_word_length, args.seed)
+    if args.shift == "chat-slang":
+        shifted = f"{NEW_DOMAIN}@chat-slang"
+        how = f"each rewritten in chat slang ({len(CHAT_SLANG)}-word lexicon)"
+    elif args.shift == "text-speak":
+        shifted = f"{NEW_DOMAIN}@text-speak"
+        how = f"each rewritten as text speak (words of {args.min_word_length}+ letters lose their interior vowels)"
+    else:
+        shifted = f"{NEW_DOMAIN}@{args.rate:g}"
+        how = f"each corrupted once (rate {args.rate:g}, seed {args.seed})"
     sizes = sorted(set(args.fresh) | set(args.no_replay_at))
     if sizes[-1] >= len(traffic_texts):
         parser.error(f"--fresh up to {sizes[-1]} leaves no held-out {NEW_DOMAIN} rows (there are {len(traffic_texts)})")
     holdout, _ = fresh_dataset(traffic_texts[sizes[-1]:], traffic_labels[sizes[-1]:], new_rows.schema,
-                               f"{NEW_DOMAIN}@{args.rate:g} held out")
+                               f"{shifted} held out")
     runs = [(n, r) for n in sorted(set(args.fresh)) for r in args.replay_ratios] + [(n, 0.0) for n in args.no_replay_at]
     runs = sorted(set(runs), key=lambda run: (run[0], -run[1]))
 
@@ -160,8 +184,8 @@ def main() -> None:
           f"{retrain_recipe.base_learning_rate:g}, patience {retrain_recipe.early_stopping_patience}")
     print(f"foundation: {args.foundation}; old domain {OLD_DOMAIN} (splits 70/10/20, seed {SPLIT_SEED}: "
           f"{len(old.train)}/{len(old.validation)}/{len(old.test)}); torch threads {torch.get_num_threads()}")
-    print(f"shifted traffic: {len(traffic_texts)} {NEW_DOMAIN} sentences, each corrupted once (rate {args.rate:g}, "
-          f"seed {args.seed}); fresh pools = the first N of them; held out from every pool: the last "
+    print(f"shifted traffic: {len(traffic_texts)} {NEW_DOMAIN} sentences in a seeded order (seed {args.seed}), {how}, "
+          f"e.g. {traffic_texts[0]!r}; fresh pools = the first N of them; held out from every pool: the last "
           f"{len(traffic_texts) - sizes[-1]} ({len(holdout)} after de-duplication)")
     print(f"RetrainConfig defaults: {RetrainConfig()}")
 
@@ -187,14 +211,14 @@ def main() -> None:
         in_domain = classifier_accuracy(live, tokenizer, old.test, max_length)
         live_holdout = classifier_accuracy(live, tokenizer, holdout, max_length)
         print(f"live model: {OLD_DOMAIN} test {in_domain:.3f} {interval(in_domain, len(old.test))} (n={len(old.test)}); "
-              f"{NEW_DOMAIN}@{args.rate:g} held out {live_holdout:.3f} {interval(live_holdout, len(holdout))} "
+              f"{shifted} held out {live_holdout:.3f} {interval(live_holdout, len(holdout))} "
               f"(n={len(holdout)}): the shift costs {100 * (in_domain - live_holdout):.1f} points", flush=True)
 
         outcomes: list[Outcome] = []
         for fresh_n, ratio in runs:
             config = RetrainConfig(replay_ratio=ratio, seed=args.seed)
             fresh, duplicates = fresh_dataset(traffic_texts[:fresh_n], traffic_labels[:fresh_n], new_rows.schema,
-                                              f"{NEW_DOMAIN}@{args.rate:g} feedback")
+                                              f"{shifted} feedback")
             data = build_retrain_data(fresh, duplicates, old.train, old.test, config)
             print(f"\n-- retrain N={fresh_n} replay {ratio:g}: {json.dumps(data.summary())} --", flush=True)
             started = time.perf_counter()
@@ -264,7 +288,9 @@ def main() -> None:
 
     if args.json_out is not None:
         payload = {
-            "recipe": recipe.to_json(), "retrain_recipe": retrain_recipe.to_json(), "start": args.start, "rate": args.rate, "seed": args.seed,
+            "recipe": recipe.to_json(), "retrain_recipe": retrain_recipe.to_json(), "start": args.start, "shift": args.shift,
+            "rate": args.rate if args.shift == "characters" else None,
+            "min_word_length": args.min_word_length if args.shift == "text-speak" else None, "seed": args.seed,
             "in_domain": in_domain, "live_holdout": live_holdout, "holdout_n": len(holdout),
             "live_train_seconds": live_train_seconds,
             "runs": [{

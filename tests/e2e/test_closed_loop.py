@@ -169,13 +169,16 @@ def test_benign_shift_alerts_and_harmful_shift_retrains_a_candidate_that_does_no
 
     retrain = stages.materialize(
         [retrained_model, candidate_model], partition_key=windows[2], tags=dict(request.tags),
-        run_config={**IN_PROCESS, "ops": {"retrained_model": {"config": {"epochs": 4}},
+        # One of the 198 old test sentences is half a point: measured here, the retrain lost 0 to 2 of them from
+        # run to run, so the default 1-point guard would make this test a coin toss; 2 points still fails the
+        # worst forgetting measured (3 points with one replay row per fresh row, bench/retrain_recovery.py).
+        run_config={**IN_PROCESS, "ops": {"retrained_model": {"config": {"epochs": 4, "max_forgetting_points": 2.0}},
                                           "candidate_model": MAIN_CONFIG["ops"]["exported_model"]}},
     )
     assert retrain.success
     forgetting = _metadata(stages, "retrained_model", windows[2])["forgetting"]
     assert forgetting["fresh_gain_points"] > 0, forgetting
-    assert forgetting["previous_change_points"] >= -1.0, forgetting
+    assert forgetting["previous_change_points"] >= -2.0, forgetting
     assert stages.check_evaluation("retrained_model", "no_forgetting_on_previous_test_set").passed
 
     versions = {version: (aliases, tags) for version, aliases, tags in

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tl_platform.data.schema import DuplicateReport, LabelledDataset, LabelSchema
-from tl_platform.simulation.shifts import corrupt_characters
+from tl_platform.simulation.shifts import chat_slang, corrupt_characters, text_speak
 from tl_platform.simulation.traffic import TrafficDay, replay_day, sample_day
 
 SCHEMA = LabelSchema(labels=("0", "1"), names=("negative", "positive"))
@@ -25,6 +25,30 @@ def test_corruption_changes_about_the_rate_of_letters_and_never_empties_a_text()
     assert corrupt_characters("a", 1.0, random.Random(3)).strip()  # deleted to nothing would be refused by the API
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
         corrupt_characters("abc", 1.5, rng)
+
+
+def test_text_speak_drops_interior_vowels_of_long_words_the_same_way_every_time() -> None:
+    assert text_speak("great movie, Terrible acting") == "grt mve, Trrble actng"
+    text = "The movie was great. Great movie! the MOVIE, great-movie"
+    assert text_speak(text) == "The mve was grt. Grt mve! the MVE, grt-mve"  # same word, same form, every time
+    assert text_speak(text) == text_speak(text)
+    untouched = "a bad day, it's 10/10 :) naïve café"  # words under 4 letters, digits, punctuation, non-ASCII
+    assert text_speak(untouched) == untouched
+    assert text_speak("Aeiou area") == "Au ara"  # first and last letters stay, so a word never vanishes
+    assert text_speak("awful movie", min_length=6) == "awful movie"
+    assert text_speak("beautiful", min_length=6) == "btfl"
+    with pytest.raises(ValueError, match="min_length >= 3"):
+        text_speak("abc", min_length=2)
+
+
+def test_chat_slang_respells_lexicon_words_the_same_way_every_time() -> None:
+    assert chat_slang("Great movie, you will love it") == "Gr8 muvi, u will luv it"
+    text = "great film. GREAT film! a great-film"
+    assert chat_slang(text) == "gr8 flm. GR8 flm! a gr8-flm"  # same word, same form; case kept
+    untouched = "Acting 10/10 :) naïve café, greatest"  # words outside the lexicon, digits, punctuation, non-ASCII
+    assert chat_slang(untouched) == untouched
+    assert chat_slang("I hate it", {"hate": "h8"}) == "I h8 it"
+    assert chat_slang("I hate it", {}) == "I hate it"
 
 
 def test_a_day_uses_every_text_once_before_repeating_any() -> None:
