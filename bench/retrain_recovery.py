@@ -103,8 +103,9 @@ def interval(accuracy: float, n: int) -> str:
 
 
 def shifted_traffic(rows: LabelledDataset, shift: str, rate: float, min_word_length: int,
-                    seed: int) -> tuple[list[str], list[str]]:
-    """Every row once, in a seeded order, its text shifted once; labels as the raw values feedback carries."""
+                    seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Every row once, in a seeded order, its text shifted once; labels as the raw values feedback carries; the
+    texts before the shift, in the same order."""
     order = np.random.default_rng(seed).permutation(len(rows)).tolist()
     if shift == "chat-slang":
         texts = [chat_slang(rows.texts[i]) for i in order]
@@ -114,7 +115,7 @@ def shifted_traffic(rows: LabelledDataset, shift: str, rate: float, min_word_len
         rng = random.Random(seed)
         texts = [corrupt_characters(rows.texts[i], rate, rng) for i in order]
     labels = [rows.schema.labels[rows.labels[i]] for i in order]
-    return texts, labels
+    return texts, labels, [rows.texts[i] for i in order]
 
 
 def load_classifier(directory: Path) -> torch.nn.Module:
@@ -160,7 +161,7 @@ def main() -> None:
     foundation = resolve_source(FoundationSource(args.foundation))
     old = stratified_split(load_labelled_text(bundled_source(OLD_DOMAIN)), SplitFractions(), SPLIT_SEED)
     new_rows = load_labelled_text(bundled_source(NEW_DOMAIN))
-    traffic_texts, traffic_labels = shifted_traffic(new_rows, args.shift, args.rate, args.min_word_length, args.seed)
+    traffic_texts, traffic_labels, unshifted_texts = shifted_traffic(new_rows, args.shift, args.rate, args.min_word_length, args.seed)
     if args.shift == "chat-slang":
         shifted = f"{NEW_DOMAIN}@chat-slang"
         how = f"each rewritten in chat slang ({len(CHAT_SLANG)}-word lexicon)"
@@ -175,6 +176,8 @@ def main() -> None:
         parser.error(f"--fresh up to {sizes[-1]} leaves no held-out {NEW_DOMAIN} rows (there are {len(traffic_texts)})")
     holdout, _ = fresh_dataset(traffic_texts[sizes[-1]:], traffic_labels[sizes[-1]:], new_rows.schema,
                                f"{shifted} held out")
+    holdout_unshifted, _ = fresh_dataset(unshifted_texts[sizes[-1]:], traffic_labels[sizes[-1]:], new_rows.schema,
+                                         f"{NEW_DOMAIN} held out, unshifted")
     runs = [(n, r) for n in sorted(set(args.fresh)) for r in args.replay_ratios] + [(n, 0.0) for n in args.no_replay_at]
     runs = sorted(set(runs), key=lambda run: (run[0], -run[1]))
 
@@ -213,6 +216,11 @@ def main() -> None:
         print(f"live model: {OLD_DOMAIN} test {in_domain:.3f} {interval(in_domain, len(old.test))} (n={len(old.test)}); "
               f"{shifted} held out {live_holdout:.3f} {interval(live_holdout, len(holdout))} "
               f"(n={len(holdout)}): the shift costs {100 * (in_domain - live_holdout):.1f} points", flush=True)
+        live_unshifted = classifier_accuracy(live, tokenizer, holdout_unshifted, max_length)
+        print(f"of that cost, the same held-out {NEW_DOMAIN} rows before the shift: live {live_unshifted:.3f} "
+              f"{interval(live_unshifted, len(holdout_unshifted))} (n={len(holdout_unshifted)}), so "
+              f"{100 * (in_domain - live_unshifted):.1f} points are {OLD_DOMAIN} -> {NEW_DOMAIN} and "
+              f"{100 * (live_unshifted - live_holdout):.1f} points the {args.shift} shift", flush=True)
 
         outcomes: list[Outcome] = []
         for fresh_n, ratio in runs:
@@ -292,6 +300,7 @@ def main() -> None:
             "rate": args.rate if args.shift == "characters" else None,
             "min_word_length": args.min_word_length if args.shift == "text-speak" else None, "seed": args.seed,
             "in_domain": in_domain, "live_holdout": live_holdout, "holdout_n": len(holdout),
+            "live_holdout_unshifted": live_unshifted,
             "live_train_seconds": live_train_seconds,
             "runs": [{
                 "fresh_n": o.fresh_n, "replay_ratio": o.replay_ratio, "train_rows": o.train_rows,
