@@ -53,7 +53,7 @@ from transformers.utils import logging as hf_logging
 from tl_platform.data import LabelledDataset, SplitFractions, load_labelled_text, stratified_split
 from tl_platform.data.bundled import bundled_source
 from tl_platform.models.foundation import FoundationSource, load_tokenizer, resolve_source
-from tl_platform.simulation.shifts import CHAT_SLANG, chat_slang, corrupt_characters, text_speak
+from tl_platform.simulation.shifts import SLANG, corrupt_characters, slang, text_speak
 from tl_platform.tracking.protocol import NullTracker
 from tl_platform.training.classifier import fine_tune_classifier
 from tl_platform.training.config import FineTuneConfig
@@ -107,8 +107,8 @@ def shifted_traffic(rows: LabelledDataset, shift: str, rate: float, min_word_len
     """Every row once, in a seeded order, its text shifted once; labels as the raw values feedback carries; the
     texts before the shift, in the same order."""
     order = np.random.default_rng(seed).permutation(len(rows)).tolist()
-    if shift == "chat-slang":
-        texts = [chat_slang(rows.texts[i]) for i in order]
+    if shift == "slang":
+        texts = [slang(rows.texts[i]) for i in order]
     elif shift == "text-speak":
         texts = [text_speak(rows.texts[i], min_word_length) for i in order]
     else:
@@ -139,9 +139,9 @@ def main() -> None:
                         help="retrain's fine-tuning method (default: the recipe's, lora)")
     parser.add_argument("--start", choices=("live", "foundation"), default="live",
                         help="retrain from the live model (default) or from the foundation, as retrained_model allows")
-    parser.add_argument("--shift", choices=("characters", "text-speak", "chat-slang"), default="characters",
+    parser.add_argument("--shift", choices=("characters", "text-speak", "slang"), default="characters",
                         help="the harmful shift: per-occurrence character noise (characters), or a systematic rewrite: "
-                             "interior vowels dropped (text-speak) or a chat-slang lexicon (chat-slang)")
+                             "interior vowels dropped (text-speak) or evaluative words in slang (slang)")
     parser.add_argument("--rate", type=float, default=0.1, help="--shift characters: the corruption rate")
     parser.add_argument("--min-word-length", type=int, default=4,
                         help="--shift text-speak: words this long or longer lose their interior vowels")
@@ -162,9 +162,9 @@ def main() -> None:
     old = stratified_split(load_labelled_text(bundled_source(OLD_DOMAIN)), SplitFractions(), SPLIT_SEED)
     new_rows = load_labelled_text(bundled_source(NEW_DOMAIN))
     traffic_texts, traffic_labels, unshifted_texts = shifted_traffic(new_rows, args.shift, args.rate, args.min_word_length, args.seed)
-    if args.shift == "chat-slang":
-        shifted = f"{NEW_DOMAIN}@chat-slang"
-        how = f"each rewritten in chat slang ({len(CHAT_SLANG)}-word lexicon)"
+    if args.shift == "slang":
+        shifted = f"{NEW_DOMAIN}@slang"
+        how = f"each with its evaluative words in slang ({len(SLANG)}-word lexicon)"
     elif args.shift == "text-speak":
         shifted = f"{NEW_DOMAIN}@text-speak"
         how = f"each rewritten as text speak (words of {args.min_word_length}+ letters lose their interior vowels)"

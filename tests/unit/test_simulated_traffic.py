@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tl_platform.data.schema import DuplicateReport, LabelledDataset, LabelSchema
-from tl_platform.simulation.shifts import chat_slang, corrupt_characters, text_speak
+from tl_platform.simulation.shifts import corrupt_characters, slang, text_speak
 from tl_platform.simulation.traffic import TrafficDay, replay_day, sample_day
 
 SCHEMA = LabelSchema(labels=("0", "1"), names=("negative", "positive"))
@@ -41,14 +41,14 @@ def test_text_speak_drops_interior_vowels_of_long_words_the_same_way_every_time(
         text_speak("abc", min_length=2)
 
 
-def test_chat_slang_respells_lexicon_words_the_same_way_every_time() -> None:
-    assert chat_slang("Great movie, you will love it") == "Gr8 muvi, u will luv it"
-    text = "great film. GREAT film! a great-film"
-    assert chat_slang(text) == "gr8 flm. GR8 flm! a gr8-flm"  # same word, same form; case kept
+def test_slang_rewrites_lexicon_words_the_same_way_every_time() -> None:
+    assert slang("Great movie, awesome cast. Bad ending") == "Fire movie, sick cast. Meh ending"
+    text = "a great plot. GREAT plot! great-plot"
+    assert slang(text) == "a fire plot. FIRE plot! fire-plot"  # same word, same form; case kept
     untouched = "Acting 10/10 :) naïve café, greatest"  # words outside the lexicon, digits, punctuation, non-ASCII
-    assert chat_slang(untouched) == untouched
-    assert chat_slang("I hate it", {"hate": "h8"}) == "I h8 it"
-    assert chat_slang("I hate it", {}) == "I hate it"
+    assert slang(untouched) == untouched
+    assert slang("I hate it", {"hate": "h8"}) == "I h8 it"
+    assert slang("I hate it", {}) == "I hate it"
 
 
 def test_a_day_uses_every_text_once_before_repeating_any() -> None:

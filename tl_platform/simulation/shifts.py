@@ -4,8 +4,11 @@ Measured on the bundled data (bench/domain_shift.py): a model trained on one dom
 both others, so no bundled pair breaches it. Character noise (a channel that mangles text: OCR, speech to
 text, hurried typing) does: at a rate of 0.1 the amazon model fell from 0.965 to 0.745 on imdb sentences. But
 that noise is drawn afresh for every occurrence of a word, so it destroys information rather than moving it, and
-no retrain on it recovers much. ``text_speak`` and ``chat_slang`` are the systematic kind: a word is rewritten the
-same way every time it occurs, so feedback rows can teach the model the new spelling.
+no retrain on it recovers much. ``text_speak`` and ``slang`` are the systematic kind: a word is rewritten the same
+way every time it occurs, so feedback rows can teach the model the new form. Measured (bench/retrain_recovery.py):
+text speak rewrites nearly every word (the amazon model fell to about 0.55 on imdb) and a retrain on 300 to 450
+rows recovered at most a fifth of that on held-out rows; slang rewrites only the evaluative words and leaves the
+rest readable (``--shift slang`` measures what a retrain recovers of it).
 """
 
 from __future__ import annotations
@@ -58,48 +61,43 @@ def text_speak(text: str, min_length: int = 4) -> str:
     return _WORD.sub(rewrite, text)
 
 
-CHAT_SLANG: Mapping[str, str] = {
-    # the classic chat and SMS abbreviations of frequent words
-    "you": "u", "your": "ur", "are": "r", "for": "4", "to": "2", "too": "2", "be": "b", "see": "c", "why": "y",
-    "okay": "k", "because": "cuz", "really": "rly", "people": "ppl", "please": "pls", "thanks": "thx",
-    "about": "abt", "before": "b4", "later": "l8r", "tonight": "2nite", "probably": "prob", "definitely": "def",
-    "seriously": "srsly", "though": "tho", "through": "thru", "what": "wut", "that": "dat", "this": "dis",
-    "the": "da", "with": "wiv", "just": "jus", "know": "kno", "nothing": "nuthin", "something": "sumthin",
-    "anything": "nethin", "everything": "evrythin", "everyone": "evry1", "someone": "sum1", "anyone": "ne1",
-    "movie": "muvi", "movies": "muvis", "film": "flm", "films": "flms", "actually": "actully", "think": "thnk",
-    "very": "v", "much": "mch", "more": "mor", "some": "sum", "would": "wud", "could": "cud", "should": "shud",
-    "not": "nt", "never": "nvr", "no": "nah", "well": "wel", "fine": "fyn", "happy": "hppy", "fun": "fn",
-    # evaluative words, as chat writers spell them
-    "great": "gr8", "good": "gud", "bad": "bd", "best": "bst", "better": "btr", "worst": "wrst", "worse": "wrse",
-    "love": "luv", "loved": "luvd", "loves": "luvs", "lovely": "luvly", "like": "lyk", "liked": "lykd",
-    "hate": "h8", "hated": "h8d", "awesome": "awsum", "excellent": "xlnt", "terrible": "terribl", "awful": "awfl",
-    "boring": "borin", "funny": "funy", "stupid": "stoopid", "wonderful": "wunderful", "beautiful": "bootiful",
-    "amazing": "amazin", "perfect": "prfct", "waste": "wayst", "wasted": "waystd", "horrible": "horribl",
-    "enjoyed": "njoyd", "enjoy": "njoy", "interesting": "intrstin", "nice": "nyc", "cool": "kewl",
-    "poor": "pur", "disappointed": "dsapointd", "disappointing": "dsapointin", "recommend": "rcmnd",
-    "highly": "hghly", "brilliant": "brillnt", "annoying": "annoyin", "crap": "krap",
+
+SLANG: Mapping[str, str] = {
+    # praise in slang that reads as criticism in standard English
+    "great": "fire", "amazing": "insane", "awesome": "sick", "excellent": "killer", "best": "illest",
+    "wonderful": "unreal", "beautiful": "drop-dead", "brilliant": "wicked", "perfect": "no notes", "good": "legit",
+    "love": "stan", "loved": "stanned", "loves": "stans", "enjoyed": "vibed with", "enjoy": "vibe with",
+    "funny": "a scream", "hilarious": "deadly", "interesting": "wild", "fantastic": "unreal", "incredible": "crazy",
+    "nice": "sweet", "cool": "dope", "fun": "a blast", "recommend": "push", "favorite": "go-to",
+    # criticism in understatement that reads as mild or even approving
+    "bad": "meh", "terrible": "a lot", "awful": "so-so", "worst": "most meh", "worse": "more meh",
+    "boring": "basic", "stupid": "goofy", "waste": "fumble", "wasted": "fumbled", "horrible": "a lot",
+    "poor": "so-so", "disappointed": "salty", "disappointing": "a letdown", "annoying": "extra", "crap": "trash",
+    "hate": "can't stand", "hated": "couldn't stand", "mess": "hot mess", "lame": "basic", "dull": "basic",
 }
 
 
-def chat_slang(text: str, lexicon: Mapping[str, str] = CHAT_SLANG) -> str:
-    """Text written in chat slang: every word found in ``lexicon`` (lower case) is replaced by its slang form.
+def slang(text: str, lexicon: Mapping[str, str] = SLANG) -> str:
+    """Reviews written in slang: every word found in ``lexicon`` (keys in lower case) is replaced by its slang form.
 
-    Models users who write as in SMS or chat: frequent words in their usual abbreviations ("you" -> "u",
-    "because" -> "cuz") and the evaluative words a sentiment model leans on respelt ("great movie" ->
-    "gr8 muvi", "I hate it" -> "I h8 it"). A word is a run of ASCII letters; a capitalised word gives a
-    capitalised form and an upper-case word (two letters or more) an upper-case one. Words outside the lexicon,
-    digits, punctuation and spacing are untouched. Deterministic: the same word always gets the same form,
-    so the shift is systematic and can be learnt from feedback (unlike ``corrupt_characters``), while the rest
-    of the sentence stays readable (unlike ``text_speak``).
+    Models a community whose evaluative vocabulary a model trained on standard English has not seen, a concept
+    shift in the words themselves: the default ``SLANG`` lexicon rewrites only the evaluative words of reviews,
+    praise as slang that reads as criticism in standard English ("great" -> "fire", "awesome" -> "sick",
+    "excellent" -> "killer") and criticism as understatement that reads as mild or approving ("bad" -> "meh",
+    "terrible" -> "a lot"). It is chosen to hurt a sentiment model, not observed. A word is a run of ASCII
+    letters; a capitalised word gives a capitalised form and an upper-case word (two letters or more) an
+    upper-case one; everything else is untouched. Deterministic: the same word always gets the same form and
+    the rest of the sentence stays readable, so the shift can be learnt from labelled feedback (unlike
+    ``corrupt_characters``' noise, drawn afresh at each occurrence).
     """
 
     def rewrite(match: re.Match[str]) -> str:
         word = match.group(0)
-        slang = lexicon.get(word.lower())
-        if slang is None:
+        form = lexicon.get(word.lower())
+        if form is None:
             return word
         if len(word) > 1 and word.isupper():
-            return slang.upper()
-        return slang[0].upper() + slang[1:] if word[0].isupper() else slang
+            return form.upper()
+        return form[0].upper() + form[1:] if word[0].isupper() else form
 
     return _WORD.sub(rewrite, text)
