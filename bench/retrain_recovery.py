@@ -7,8 +7,10 @@ The closed loop's last step (issue 9, ``retrained_model``) measured on the bundl
    merged and saved, so that the retrain starts from it as ``retrained_model`` does;
 2. the harmful shift, built as the platform's traffic would carry it (no bundled pair breaches the 0.85 SLO;
    see bench/domain_shift.py): every bundled imdb sentence, shuffled once (seeded) and shifted once, with its
-   label as the feedback. ``--shift text-speak`` (``text_speak``: words of 4+ letters lose their interior
-   vowels, "great movie" -> "grt mve", the same way at every occurrence, so the shift can be learnt) or
+   label as the feedback. ``--shift slang`` (the default; ``slang``: the evaluative words in slang, "great" ->
+   "fire", "awesome" -> "sick", "bad" -> "meh", the same way at every occurrence, so the shift can be learnt),
+   ``--shift text-speak`` (``text_speak``: words of 4+ letters lose their interior vowels, "great movie" ->
+   "grt mve"; systematic too, but it rewrites nearly every word and a few hundred rows teach little of it) or
    ``--shift characters`` (``corrupt_characters``, rate 0.1, seeded: noise drawn afresh for every occurrence,
    which destroys information rather than moving it). A fresh pool of N rows is the first N of that order
    (pools nest, as more days of feedback would), so every sentence is used once and fresh train and fresh
@@ -22,8 +24,11 @@ The closed loop's last step (issue 9, ``retrained_model``) measured on the bundl
 The table gives the share of the shift's cost recovered, (candidate - live) / (in-domain - live), where
 in-domain is the live model's accuracy on amazon's test split, and the change on amazon's test split in points;
 the verdict is the Done-when line of issue 9: at least half recovered, at most 1 point lost on the old test set.
+The cost includes the amazon -> imdb gap itself (the same held-out rows before the shift are scored too, to
+split the cost in two), which a few hundred fresh rows barely close.
 
     .venv/bin/python bench/retrain_recovery.py                              # N = 150, 300, 500; replay 1.0; N=300 without replay
+    .venv/bin/python bench/retrain_recovery.py --fresh 300 450 --replay-ratios 2 3 --no-replay-at --learning-rate 3e-4 --patience 4
     .venv/bin/python bench/retrain_recovery.py --shift text-speak --fresh 300 450 --replay-ratios 1 2 --no-replay-at
     .venv/bin/python bench/retrain_recovery.py --fresh 300 --replay-ratios 0.5 1 --epochs 4
     .venv/bin/python bench/retrain_recovery.py --live-dir /tmp/live_amazon  # keep (or reuse) the live model there
@@ -139,7 +144,7 @@ def main() -> None:
                         help="retrain's fine-tuning method (default: the recipe's, lora)")
     parser.add_argument("--start", choices=("live", "foundation"), default="live",
                         help="retrain from the live model (default) or from the foundation, as retrained_model allows")
-    parser.add_argument("--shift", choices=("characters", "text-speak", "slang"), default="characters",
+    parser.add_argument("--shift", choices=("slang", "text-speak", "characters"), default="slang",
                         help="the harmful shift: per-occurrence character noise (characters), or a systematic rewrite: "
                              "interior vowels dropped (text-speak) or evaluative words in slang (slang)")
     parser.add_argument("--rate", type=float, default=0.1, help="--shift characters: the corruption rate")
