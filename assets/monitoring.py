@@ -187,10 +187,10 @@ def canary_accuracy(
     start, end = window_bounds(datetime.strptime(context.partition_key, "%Y-%m-%d").date(), settings.window_days)
     with prediction_log.open() as log:
         labelled = log.labelled_window(start, end)
-        served = log.served_counts(start, end)
+        served = served_versions(log, start, end)
     slice_keys = tuple(config.slice_keys)
     if config.labelled_file:
-        live = _window_champion(served) or champion_version(mlflow)
+        live = max(served, key=lambda v: served[v]) if served else champion_version(mlflow)
         model = load_variant(VariantSpec(version=live, bundle=exported_bundle_of(mlflow, live), precision="int8"))
         schema = LabelSchema(labels=model.labels, names=model.label_names)
         dataset = load_labelled_text(DatasetSource(path=config.labelled_file, schema=schema))
@@ -225,12 +225,6 @@ def canary_accuracy(
         )],
         data_version=content_version(json.dumps(result.to_json(), sort_keys=True)),
     )
-
-
-def _window_champion(served: dict[tuple[str, str], int]) -> str | None:
-    """The version that served most of the window as champion, or None when nothing was served."""
-    champions = {version: count for (version, variant), count in served.items() if variant == "champion"}
-    return max(champions, key=lambda v: champions[v]) if champions else None
 
 
 def _seed(partition_key: str) -> int:
