@@ -38,6 +38,10 @@ from tl_platform.training.retraining import (
 
 BEATS_LIVE_CHECK = "beats_live_model_on_fresh_data"
 FORGETTING_CHECK = "no_forgetting_on_previous_test_set"
+# Continuing from the live model's weights, a lower rate keeps what it knew (bench/retrain_recovery.py, slang
+# shift, 300 fresh rows, replay 2: 0.3 x 1e-3 recovered 53% of the cost and lost 0.5 points; 1e-3 lost 1.5 to 3.5).
+LIVE_RATE_SCALE = 0.3
+LIVE_PATIENCE = 4
 TRIGGER_TAGS = ("tlp/trigger_window", "tlp/drift_summary", "tlp/canary_summary")
 
 
@@ -54,7 +58,15 @@ class RetrainedModelConfig(dg.Config):
     min_fresh_gain_points: float = Field(default=0.0, description="the candidate must beat live on fresh data by more")
     max_forgetting_points: float = Field(default=1.0, description="points the candidate may lose on the previous test set")
     epochs: int | None = Field(default=None, description="training epochs; the live model's recipe when unset")
-    learning_rate: float | None = Field(default=None, description="head learning rate; the recipe's when unset")
+    learning_rate: float | None = Field(
+        default=None,
+        description="head learning rate; unset: the recipe's from the foundation, 0.3 x the recipe's from live "
+                    "(LoRA 3e-4: at the recipe's 1e-3 a retrain forgot 1.5 to 3.5 points, bench/retrain_recovery.py)",
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, description="epochs without a lower validation loss; unset: the recipe's from the foundation, "
+                                  "4 from live (the lower rate needs more epochs)",
+    )
     seed: int = 0
 
     def retrain(self) -> RetrainConfig:
@@ -72,8 +84,15 @@ class RetrainedModelConfig(dg.Config):
         fields = {**recipe, "lora_target_modules": tuple(cast(list[str], recipe["lora_target_modules"])), "seed": self.seed}
         if self.epochs is not None:
             fields["epochs"] = self.epochs
+        recipe_config = FineTuneConfig(**fields)  # type: ignore[arg-type]
         if self.learning_rate is not None:
             fields["learning_rate"] = self.learning_rate
+        elif self.start_from == "live":
+            fields["learning_rate"] = LIVE_RATE_SCALE * recipe_config.base_learning_rate
+        if self.early_stopping_patience is not None:
+            fields["early_stopping_patience"] = self.early_stopping_patience
+        elif self.start_from == "live":
+            fields["early_stopping_patience"] = max(LIVE_PATIENCE, recipe_config.early_stopping_patience)
         return FineTuneConfig(**fields)  # type: ignore[arg-type]
 
 

@@ -2,10 +2,11 @@
 
 Measured first (bench/domain_shift.py): the amazon model stays above the 0.85 SLO on yelp and on imdb
 sentences, so no bundled pair shifts harmfully. The benign shift here is yelp (drift, canary holds); the
-harmful one is constructed, and says so: imdb sentences through a noisy channel (10% of letters deleted,
-replaced or doubled), on which the same model scored 0.745. Days are simulated in the past through the
-server's event-time header; monitor partitions are materialised per day and the trigger sensor is evaluated
-with the daemon's code, then the retrain it requests is run.
+harmful one is constructed, and says so: imdb sentences with their evaluative words in slang ("great" ->
+"fire", "bad" -> "meh", ``shifts.slang``), on which the amazon model scored 0.706 on held-out rows
+(bench/retrain_recovery.py). The shift is systematic, so the feedback can teach it. Days are simulated in the
+past through the server's event-time header; monitor partitions are materialised per day and the trigger
+sensor is evaluated with the daemon's code, then the retrain it requests is run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tests.server_process import free_port, start_server
 from tl_platform.data import SplitFractions, load_labelled_text, stratified_split
 from tl_platform.data.bundled import bundled_source
 from tl_platform.data.schema import LabelledDataset
+from tl_platform.simulation.shifts import slang
 from tl_platform.simulation.traffic import replay, sample_day
 from tl_platform.tracking.mlflow_tracker import registered_versions_with_aliases
 
@@ -126,11 +128,11 @@ def test_benign_shift_alerts_and_harmful_shift_retrains_a_candidate_that_does_no
         days = [
             sample_day(first, yelp, 200, seed=1, attributes={"domain": "yelp"}),
             sample_day(first + timedelta(days=1), yelp, 200, seed=2, attributes={"domain": "yelp"}),
-            # the harmful shift: a noisy channel in front of another domain, each sentence sent once
-            sample_day(first + timedelta(days=2), imdb_rows.train, HARMFUL_REQUESTS, seed=3, corruption_rate=0.1,
-                       attributes={"domain": "imdb", "channel": "noisy"}),
-            sample_day(first + timedelta(days=3), imdb_rows.test, 200, seed=4, corruption_rate=0.1,
-                       attributes={"domain": "imdb", "channel": "noisy"}),
+            # the harmful shift: another domain written in slang, each sentence sent once
+            sample_day(first + timedelta(days=2), imdb_rows.train, HARMFUL_REQUESTS, seed=3, shift=slang,
+                       attributes={"domain": "imdb", "register": "slang"}),
+            sample_day(first + timedelta(days=3), imdb_rows.test, 200, seed=4, shift=slang,
+                       attributes={"domain": "imdb", "register": "slang"}),
         ]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             outcomes = replay(client, days)
@@ -169,10 +171,10 @@ def test_benign_shift_alerts_and_harmful_shift_retrains_a_candidate_that_does_no
 
     retrain = stages.materialize(
         [retrained_model, candidate_model], partition_key=windows[2], tags=dict(request.tags),
-        # One of the 198 old test sentences is half a point: measured here, the retrain lost 0 to 2 of them from
-        # run to run, so the default 1-point guard would make this test a coin toss; 2 points still fails the
-        # worst forgetting measured (3 points with one replay row per fresh row, bench/retrain_recovery.py).
-        run_config={**IN_PROCESS, "ops": {"retrained_model": {"config": {"epochs": 4, "max_forgetting_points": 2.0}},
+        # One of the 198 old test sentences is half a point: measured with the noisy-channel shift, the retrain
+        # lost 0 to 2 of them from run to run, so the default 1-point guard would make this test a coin toss;
+        # 2 points still fails the forgetting measured at the recipe's rate (1.5 to 3.5, bench/retrain_recovery.py).
+        run_config={**IN_PROCESS, "ops": {"retrained_model": {"config": {"max_forgetting_points": 2.0}},
                                           "candidate_model": MAIN_CONFIG["ops"]["exported_model"]}},
     )
     assert retrain.success

@@ -58,6 +58,13 @@ def test_a_day_uses_every_text_once_before_repeating_any() -> None:
     assert all(SCHEMA.labels[DATA.labels[DATA.texts.index(t)]] == label for t, label in zip(day.texts, day.labels, strict=True))
 
 
+def test_a_shifted_day_rewrites_the_same_texts_and_keeps_their_labels() -> None:
+    plain = sample_day(date(2026, 3, 1), DATA, 12, seed=1)
+    shifted = sample_day(date(2026, 3, 1), DATA, 12, seed=1, shift=lambda text: text.replace("number", "no."))
+    assert shifted.labels == plain.labels
+    assert shifted.texts == tuple(text.replace("number", "no.") for text in plain.texts)
+
+
 def test_replay_spreads_requests_over_the_day_and_sends_feedback_after_them() -> None:
     seen: list[tuple[str, dict[str, object], str]] = []
 

@@ -8,7 +8,7 @@ arrives a configurable delay after the answer it labels.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -48,8 +48,13 @@ def sample_day(
     corruption_rate: float = 0.0,
     attributes: Mapping[str, str] | None = None,
     feedback_share: float = 1.0,
+    shift: Callable[[str], str] | None = None,
 ) -> TrafficDay:
-    """``requests`` texts drawn from ``dataset`` (without replacement while it lasts), optionally corrupted."""
+    """``requests`` texts drawn from ``dataset`` (without replacement while it lasts), optionally shifted.
+
+    ``corruption_rate`` passes each text through ``corrupt_characters`` (seeded by ``seed``); ``shift`` is any
+    deterministic rewrite (``shifts.slang``, ``shifts.text_speak``), applied first.
+    """
     require(requests >= 1, f"requests must be at least 1, got {requests}")
     rng = random.Random(seed)
     order: list[int] = []
@@ -57,6 +62,8 @@ def sample_day(
         order.extend(rng.sample(range(len(dataset)), len(dataset)))
     chosen = order[:requests]
     texts = [dataset.texts[i] for i in chosen]
+    if shift is not None:
+        texts = [shift(text) for text in texts]
     if corruption_rate > 0:
         texts = [corrupt_characters(text, corruption_rate, rng) for text in texts]
     labels = [dataset.schema.labels[dataset.labels[i]] for i in chosen]
