@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import MONITORING_ASSETS, PLANNING_ASSETS, SERVING_ASSETS, TRANSFER_ASSETS
+from assets import EXPERIMENT_ASSETS, MONITORING_ASSETS, PLANNING_ASSETS, SERVING_ASSETS, TRANSFER_ASSETS
 from resources import resources_for_environment
 from sensors import SENSORS, retrain_job
 
@@ -16,7 +16,7 @@ main_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     # The planning assets stay out of main_job: roi_curve needs a named owner of the monitoring loop.
-    assets=[*TRANSFER_ASSETS, *SERVING_ASSETS, *MONITORING_ASSETS, *PLANNING_ASSETS],
+    assets=[*TRANSFER_ASSETS, *SERVING_ASSETS, *MONITORING_ASSETS, *EXPERIMENT_ASSETS, *PLANNING_ASSETS],
     jobs=[main_job, retrain_job],
     sensors=SENSORS,
     resources=resources_for_environment(),

@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from assets.ab_decision import ab_decision
+from assets.ab_experiment import ab_experiment
 from assets.deployment import deployment
 from assets.domain_adapted import domain_adapted_model
 from assets.exported_model import exported_model
@@ -15,12 +17,16 @@ from assets.task_model import task_model
 TRANSFER_ASSETS = [labelled_data, foundation_model, domain_adapted_model, task_model]
 SERVING_ASSETS = [exported_model, deployment]
 MONITORING_ASSETS: list[dg.AssetsDefinition | dg.AssetSpec] = [prediction_log, feature_drift, canary_accuracy, retrained_model, candidate_model]
+EXPERIMENT_ASSETS = [ab_experiment, ab_decision]
 
 __all__ = [
+    "EXPERIMENT_ASSETS",
     "MONITORING_ASSETS",
     "PLANNING_ASSETS",
     "SERVING_ASSETS",
     "TRANSFER_ASSETS",
+    "ab_decision",
+    "ab_experiment",
     "canary_accuracy",
     "candidate_model",
     "cost_report",

@@ -3,43 +3,25 @@
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
 import json
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from assets.exported_model import SERVING_MODEL_NAME
+from assets.serving_state import variant_of
 from assets.stage_records import content_version
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
 from resources.stage_store import StageStore, lineage_metadata
-from tl_platform.checkpoints import verify_bundle
 from tl_platform.experiments.promotion import ensure_champion
-from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
-from tl_platform.tracking.mlflow_tracker import MlflowRegistry, RegisteredVersion, version_by_alias
+from tl_platform.serving.deployment import DeploymentRecord, write_deployment_record
+from tl_platform.tracking.mlflow_tracker import MlflowRegistry, version_by_alias
 
 
 class DeploymentConfig(dg.Config):
     challenger_share: float = Field(default=0.0, description="share of units routed to the challenger, in [0, 1]")
     shadow: bool = Field(default=False, description="the challenger scores every request silently")
     precision: str = Field(default="int8", description="int8 or fp32: which ONNX graph of each bundle serves")
-
-
-def _variant(version: RegisteredVersion, precision: str) -> VariantSpec:
-    tags = version.tags or {}
-    bundle = Path(tags.get("bundle_path", ""))
-    # refuse to point the server at a missing or altered bundle; the server checks the same digest again
-    manifest = verify_bundle(bundle, expected_stage="exported")
-    recorded = tags.get("bundle_sha256")
-    if recorded and recorded != manifest.bundle_sha256:
-        raise ValueError(
-            f"{version.name} v{version.version}: the bundle at {bundle} has manifest SHA-256 {manifest.bundle_sha256}, "
-            f"the registry recorded {recorded}; the bundle was replaced after registration"
-        )
-    return VariantSpec(
-        version=version.version, bundle=bundle, precision=precision,  # type: ignore[arg-type]
-        bundle_sha256=manifest.bundle_sha256,
-    )
 
 
 @dg.asset(group_name="serving", kinds={"mlflow"}, deps=["exported_model"], code_version="2", pool="model_registry")
@@ -76,8 +58,8 @@ def deployment(
             "first (`tlp promote VERSION --alias challenger --reason ...`)"
         )
     record = DeploymentRecord(
-        champion=_variant(champion, config.precision),
-        challenger=_variant(challenger, config.precision) if challenger is not None else None,
+        champion=variant_of(champion, config.precision),
+        challenger=variant_of(challenger, config.precision) if challenger is not None else None,
         challenger_share=config.challenger_share,
         shadow=config.shadow,
     )

@@ -11,6 +11,7 @@ from tl_platform.experiments.promotion import (
     candidate_tags,
     ensure_champion,
     promote,
+    retire,
 )
 
 
@@ -112,3 +113,16 @@ def test_a_concurrent_move_is_reported_not_hidden(registry: MemoryRegistry) -> N
     racing = RacingRegistry(registry.tags)
     with pytest.raises(PromotionConflictError, match=r"m alias champion was moved to v1 while promoting v2"):
         promote(racing, "m", "2", "champion", "won", "ab_decision")
+
+
+def test_a_rolled_back_challenger_is_retired_once_and_the_champion_cannot_be(registry: MemoryRegistry) -> None:
+    promote(registry, "m", "1", "champion", "first", "ana")
+    promote(registry, "m", "2", "challenger", "retrained", "ana")
+    assert retire(registry, "m", "2", "exp-1 rolled back: slice domain=yelp worse", "ab_decision")
+    assert registry.aliases == {"champion": "1"}
+    assert registry.tags["2"]["tlp.status"] == "retired" and "domain=yelp" in registry.tags["2"]["tlp.retired.reason"]
+    assert not retire(registry, "m", "2", "again", "ab_decision")  # idempotent: nothing left to move
+    with pytest.raises(PromotionError, match="m v1 is the champion; promote another version before retiring it"):
+        retire(registry, "m", "1", "r", "a")
+    with pytest.raises(PromotionError, match="needs a reason and an actor"):
+        retire(registry, "m", "2", " ", "a")

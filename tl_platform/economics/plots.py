@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tl_platform.economics.cost_report import CostReport
 from tl_platform.economics.roi import RoiResult
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen on servers
-    import matplotlib.pyplot as plt
-
-    return plt
+from tl_platform.plotting import pyplot, save_figure
 
 
 def _dollars(value: float) -> str:
@@ -31,7 +22,7 @@ def _dollars(value: float) -> str:
 def plot_cost_comparison(report: CostReport, path: Path) -> Path:
     """Left: dollars on a log scale, measured stages beside the estimated alternatives and serving per 1,000
     requests. Right: daily cost against daily requests for the API and self-hosting, with the crossover."""
-    plt = _pyplot()
+    plt = pyplot()
     compute = report.settings.compute
     rows: list[tuple[str, float, str]] = [
         (f"{a.label} ({compute.parameters / 1e9:.3g}B, est.)", a.cost_usd, "tab:blue") for a in report.alternatives
@@ -75,14 +66,13 @@ def plot_cost_comparison(report: CostReport, path: Path) -> Path:
     right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
 def plot_roi_curve(result: RoiResult, path: Path) -> Path:
     """Cumulative net value by month, with the value-halved sensitivity line and the breakeven months."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
     months = np.arange(0, result.inputs.horizon_months + 1)
     for curve, label, color in ((result.base, "base case", "tab:blue"), (result.value_halved, "value halved", "tab:red")):
@@ -101,6 +91,5 @@ def plot_roi_curve(result: RoiResult, path: Path) -> Path:
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -111,3 +111,23 @@ def ensure_champion(registry: ModelRegistry, model: str, version: str, actor: st
     if registry.alias_version(model, "champion") is not None:
         return None
     return promote(registry, model, version, "champion", BOOTSTRAP_REASON, actor)
+
+
+def retire(registry: ModelRegistry, model: str, version: str, reason: str, actor: str) -> bool:
+    """Take ``version`` out of the experiment: drop the ``challenger`` alias if it names it, and tag it retired.
+
+    Returns whether the alias moved (False when it already named another version or none: idempotent).
+    """
+    if not reason.strip() or not actor.strip():
+        raise PromotionError(f"retiring {model} v{version} needs a reason and an actor (both are recorded)")
+    if registry.version_tags(model, version) is None:
+        raise PromotionError(f"{model} has no version {version!r}; list the versions with `tlp models`")
+    if registry.alias_version(model, "champion") == version:
+        raise PromotionError(f"{model} v{version} is the champion; promote another version before retiring it")
+    moved = registry.alias_version(model, "challenger") == version
+    if moved:
+        registry.delete_alias(model, "challenger")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    registry.set_version_tags(model, version, {STATUS_TAG: "retired", "tlp.retired.reason": reason[:4000],
+                                               "tlp.retired.actor": actor[:250], "tlp.retired_at": now})
+    return moved

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from tl_platform.plotting import pyplot, save_figure
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,6 @@ class CanaryPoint:
     n_labelled: int
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen on servers
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_drift_history(
     scores: Mapping[str, Mapping[str, float]], thresholds: Mapping[str, float], path: Path, title: str
 ) -> Path:
@@ -36,7 +28,7 @@ def plot_drift_history(
     Dividing by the threshold puts every feature on one axis whose line at 1.0 is the alarm level, whatever
     the test behind the score (KL, PSI or Jensen-Shannon).
     """
-    plt = _pyplot()
+    plt = pyplot()
     days = sorted(scores)
     features = sorted({feature for day in days for feature in scores[day]})
     fig, ax = plt.subplots(figsize=(8.0, 3.6), dpi=110)
@@ -53,12 +45,12 @@ def plot_drift_history(
     ax.legend(fontsize=6, ncol=2, loc="upper left", frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
 
 def plot_canary_history(points: Sequence[CanaryPoint], slo: float, path: Path, title: str) -> Path:
     """Accuracy per window with its confidence interval, against the SLO; windows without enough labels are marked."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.0, 3.4), dpi=110)
     scored = [p for p in points if p.accuracy is not None and p.ci_low is not None and p.ci_high is not None]
     if scored:
@@ -79,11 +71,5 @@ def plot_canary_history(points: Sequence[CanaryPoint], slo: float, path: Path, t
     ax.legend(fontsize=7, loc="lower left", frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path, plt)
+    return save_figure(fig, path)
 
-
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

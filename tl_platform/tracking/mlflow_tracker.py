@@ -134,6 +134,20 @@ def search_runs(settings: MlflowSettings, filter_string: str = "") -> list[dict[
     ]
 
 
+def runs_with_tag(settings: MlflowSettings, key: str, value: str) -> list[dict[str, object]]:
+    """Runs of the experiment whose tag ``key`` equals ``value``, newest first (as ``search_runs``)."""
+    if "`" in key or "'" in value:
+        raise ValueError(f"run search needs a tag key without backticks and a value without quotes, got {key!r}={value!r}")
+    return search_runs(settings, f"tags.`{key}` = '{value}'")
+
+
+def set_run_tags(settings: MlflowSettings, run_id: str, tags: Mapping[str, str]) -> None:
+    """Tag a run after it ended (an experiment's status, its daily verdicts)."""
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def metric_history(settings: MlflowSettings, run_id: str, key: str) -> list[tuple[int, float]]:
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
@@ -239,7 +253,7 @@ def version_by_tag(settings: MlflowSettings, name: str, key: str, value: str) ->
     if not key.replace("_", "").replace(".", "").isalnum() or "'" in value:
         raise ValueError(f"tag search needs a plain key and a value without quotes, got {key!r}={value!r}")
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    found = _unless_absent(lambda: client.search_model_versions(f"name='{name}' and tags.{key}='{value}'"))
+    found = _unless_absent(lambda: client.search_model_versions(f"name='{name}' and tags.`{key}`='{value}'"))
     if not found:
         return None
     newest = max(found, key=lambda v: int(v.version))

@@ -1,0 +1,37 @@
+"""Writing what serves: registered versions resolved to verified bundles, in the one record the server watches.
+
+``deployment`` writes it from the aliases; the A/B assets write it to start a split and to end one.
+"""
+
+from pathlib import Path
+
+from resources.deployment_target import DeploymentTarget
+from tl_platform.checkpoints import verify_bundle
+from tl_platform.serving.deployment import DeploymentRecordError, VariantSpec, read_deployment_record
+from tl_platform.tracking.mlflow_tracker import RegisteredVersion
+
+
+def variant_of(version: RegisteredVersion, precision: str) -> VariantSpec:
+    """The version's exported bundle, verified against the digest the registry recorded, as a served variant."""
+    tags = version.tags or {}
+    bundle = Path(tags.get("bundle_path", ""))
+    # refuse to point the server at a missing or altered bundle; the server checks the same digest again
+    manifest = verify_bundle(bundle, expected_stage="exported")
+    recorded = tags.get("bundle_sha256")
+    if recorded and recorded != manifest.bundle_sha256:
+        raise ValueError(
+            f"{version.name} v{version.version}: the bundle at {bundle} has manifest SHA-256 {manifest.bundle_sha256}, "
+            f"the registry recorded {recorded}; the bundle was replaced after registration"
+        )
+    return VariantSpec(
+        version=version.version, bundle=bundle, precision=precision,  # type: ignore[arg-type]
+        bundle_sha256=manifest.bundle_sha256,
+    )
+
+
+def serving_precision(target: DeploymentTarget, default: str = "int8") -> str:
+    """The precision the current record serves its champion in (an experiment keeps it), else ``default``."""
+    try:
+        return read_deployment_record(target.path()).champion.precision
+    except DeploymentRecordError:
+        return default
