@@ -3,7 +3,7 @@
 # No `from __future__ import annotations`: Dagster reads the config and resource annotations at runtime.
 
 import json
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 from pydantic import Field
@@ -11,7 +11,7 @@ from pydantic import Field
 from assets.ab_records import ExperimentRecord, experiment_for_day, record_verdict
 from assets.exported_model import SERVING_MODEL_NAME
 from assets.monitoring_partitions import MONITOR_PARTITIONS, day_bounds
-from assets.serving_state import serving_precision, variant_of
+from assets.serving_state import serving_precision, variant_of, write_split
 from assets.stage_records import content_version, png_markdown
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
@@ -20,10 +20,11 @@ from resources.stage_store import StageStore
 from tl_platform.experiments.ab_aggregate import aggregate_for_spec
 from tl_platform.experiments.ab_decision import ExperimentDecision, decide
 from tl_platform.experiments.ab_plots import plot_daily_effects, plot_sample_progress
+from tl_platform.experiments.ab_shadow import compare_shadow
 from tl_platform.experiments.promotion import promote, retire
 from tl_platform.serving.deployment import DeploymentRecord, write_deployment_record
 from tl_platform.serving.log_schema import log_tables
-from tl_platform.tracking.mlflow_tracker import MlflowRegistry, RegisteredVersion
+from tl_platform.tracking.mlflow_tracker import MlflowRegistry, RegisteredVersion, set_run_tags
 
 DECISION_CHECK = "experiment_is_valid"
 
@@ -65,6 +66,36 @@ def _act(decision: ExperimentDecision, record: ExperimentRecord, mlflow: MlflowT
     return {"registry": moved, "record": str(path), "serving_state": serving.to_json()}
 
 
+def _shadow_day(context: dg.AssetExecutionContext, config: DecisionConfig, record: ExperimentRecord, day: date,
+                mlflow: MlflowTracking, prediction_log: PredictionLogSource,
+                target: DeploymentTarget) -> dg.MaterializeResult:
+    """A day of the shadow phase: how the silent challenger compares; on its last day the split starts."""
+    start, _ = day_bounds(record.start_day.isoformat())
+    _, end = day_bounds(day.isoformat())
+    with prediction_log.open() as log:
+        comparison = compare_shadow(log.engine, log_tables(log.table_prefix), record.spec.experiment_id, start, end)
+    last = day == record.split_day - timedelta(days=1)
+    switched = None
+    if last and record.running and config.act and "tlp.ab.split_started" not in record.tags:
+        with mlflow.retry_when_unavailable():
+            old, new = _version(mlflow, record.champion_version), _version(mlflow, record.challenger_version)
+        switched = str(write_split(target, old, new, record.spec, shadow=False))
+        with mlflow.retry_when_unavailable():
+            set_run_tags(mlflow.settings(), record.run_id, {"tlp.ab.split_started": record.split_day.isoformat()})
+    summary = (f"{record.spec.experiment_id}: shadow day {(day - record.start_day).days + 1} of {record.shadow_days}: "
+               f"{comparison.summary()}" + (f"; the split starts on {record.split_day}" if last else ""))
+    context.log.info(summary)
+    return dg.MaterializeResult(
+        metadata={"experiment_id": record.spec.experiment_id, "verdict": "shadow", "summary": summary,
+                  "shadow": dg.MetadataValue.json(comparison.to_json()),
+                  "agreement_rate": comparison.agreement_rate if comparison.agreement_rate is not None else "n/a",
+                  "disagreements": dg.MetadataValue.md(comparison.disagreement_table()),
+                  "split_record": switched or "unchanged"},
+        check_results=[dg.AssetCheckResult(check_name=DECISION_CHECK, passed=True, description="shadow phase: no split yet")],
+        data_version=content_version(json.dumps(comparison.to_json(), sort_keys=True), str(switched)),
+    )
+
+
 @dg.asset(
     group_name="experiments",
     kinds={"mlflow"},
@@ -100,12 +131,14 @@ def ab_decision(
                                     check_results=[dg.AssetCheckResult(check_name=DECISION_CHECK, passed=True,
                                                                        description=note)],
                                     data_version=content_version("none", context.partition_key))
+    if day < record.split_day:
+        return _shadow_day(context, config, record, day, mlflow, prediction_log, deployment_target)
     spec = record.spec
-    start, _ = day_bounds(record.start_day.isoformat())
+    start, _ = day_bounds(record.split_day.isoformat())
     _, end = day_bounds(context.partition_key)
     with prediction_log.open() as log:
         aggregates = aggregate_for_spec(log.engine, log_tables(log.table_prefix), spec, start, end)
-    decision = decide(spec, aggregates, record.start_day, day)
+    decision = decide(spec, aggregates, record.split_day, day)
     final = decision.verdict in ("ship", "roll_back", "invalid")
     acted: dict[str, object] = {}
     if not record.running:

@@ -9,14 +9,13 @@ from pydantic import Field
 
 from assets.ab_records import experiment_record, running_experiments, write_spec
 from assets.exported_model import SERVING_MODEL_NAME
-from assets.serving_state import serving_precision, variant_of
+from assets.serving_state import write_split
 from assets.stage_records import content_version
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
 from resources.stage_store import StageStore
 from tl_platform.experiments.ab_spec import ExperimentSpec, Guardrail, PrimaryMetric, compare_specs
 from tl_platform.experiments.promotion import CANDIDATE, STATUS_TAG, promote
-from tl_platform.serving.deployment import DeploymentRecord, write_deployment_record
 from tl_platform.tracking.mlflow_tracker import MlflowRegistry, RegisteredVersion, version_by_alias, version_by_tag
 
 
@@ -61,6 +60,8 @@ class ExperimentConfig(dg.Config):
     challenger_share: float = 0.5
     holdout_share: float = Field(default=0.05, description="share of units kept on the old model after a ship")
     routing_salt: str = Field(default="", description="hashed with unit ids; a fresh random salt when empty")
+    shadow_days: int = Field(default=0, description="days the challenger first scores every request silently, "
+                                                    "before the split (0: split at once)")
 
     def spec(self, experiment_id: str, stored: ExperimentSpec | None) -> ExperimentSpec:
         primary = PrimaryMetric(self.metric, self.metric_kind, self.direction, self.baseline, self.baseline_std)  # type: ignore[arg-type]
@@ -118,6 +119,9 @@ def ab_experiment(
     spec = config.spec(experiment_id, stored.spec if stored is not None else None)
     if stored is not None:
         compare_specs(stored.spec, spec)  # raises SpecChangedError naming each changed field
+        if stored.shadow_days != config.shadow_days:
+            raise ValueError(f"experiment {experiment_id} was pre-registered with shadow_days={stored.shadow_days}; "
+                             f"changing it to {config.shadow_days} after the start is refused")
         if not stored.running:
             raise ValueError(f"experiment {experiment_id} already ended ({stored.status} on {stored.decided_on}); "
                              "start a new one with another experiment_id")
@@ -125,6 +129,8 @@ def ab_experiment(
     if others:
         raise ValueError(f"experiment {others[0]} is still running; one experiment at a time (wait for its "
                          f"ab_decision, or end it) before starting {experiment_id}")
+    if not 0 <= config.shadow_days <= 28:
+        raise ValueError(f"ab_experiment.shadow_days must be in [0, 28], got {config.shadow_days}")
     if candidate.version == champion.version:
         raise ValueError(f"v{candidate.version} is already the champion; an experiment needs another version")
     start_day = date.fromisoformat(config.start_day) if config.start_day else datetime.now(UTC).date()
@@ -135,20 +141,18 @@ def ab_experiment(
     output = stage_store.output_dir(context)
     with mlflow.run_for_asset(context) as tracker:
         if stored is None:
-            write_spec(tracker, spec, champion.version, candidate.version, start_day, output)
+            write_spec(tracker, spec, champion.version, candidate.version, start_day, config.shadow_days, output)
         run_id = stored.run_id if stored is not None else tracker.run_id
         with mlflow.retry_when_unavailable():
             promotion = promote(MlflowRegistry(mlflow.settings()), SERVING_MODEL_NAME, candidate.version, "challenger",
                                 f"A/B experiment {experiment_id}: {spec.power_summary()}", actor)
-    precision = serving_precision(deployment_target)
-    record = DeploymentRecord(
-        champion=variant_of(champion, precision), challenger=variant_of(candidate, precision),
-        challenger_share=spec.challenger_share, experiment_id=experiment_id, routing_salt=spec.routing_salt,
-    )
-    path = write_deployment_record(deployment_target.path(), record)
+    in_shadow = config.shadow_days > 0 and not (stored is not None and "tlp.ab.split_started" in stored.tags)
+    path = write_split(deployment_target, champion, candidate, spec, shadow=in_shadow)
     size = spec.sample_size()
+    phase = (f"in shadow for {config.shadow_days} days, then on {spec.challenger_share:.0%} of units"
+             if config.shadow_days else f"on {spec.challenger_share:.0%} of units")
     context.log.info(f"experiment {experiment_id} running from {start_day}: v{candidate.version} challenges "
-                     f"v{champion.version} on {spec.challenger_share:.0%} of units; {spec.power_summary()}")
+                     f"v{champion.version} {phase}; {spec.power_summary()}")
     return dg.MaterializeResult(
         metadata={
             "experiment_id": experiment_id,
@@ -156,6 +160,7 @@ def ab_experiment(
             "champion_version": champion.version,
             "challenger_version": candidate.version,
             "start_day": start_day.isoformat(),
+            "phase": phase,
             "power_calculation": dg.MetadataValue.md(spec.power_summary()),
             "required_units": dg.MetadataValue.json({"champion": size.champion, "challenger": size.challenger}),
             "spec": dg.MetadataValue.json(spec.to_json()),

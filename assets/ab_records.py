@@ -7,7 +7,7 @@ shipped, rolled_back or invalid exactly once, with the day it was decided.
 
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from resources.mlflow_tracking import MlflowTracking
@@ -32,10 +32,16 @@ class ExperimentRecord:
     start_day: date
     decided_on: date | None
     tags: dict[str, str]
+    shadow_days: int = 0
 
     @property
     def running(self) -> bool:
         return self.status == RUNNING
+
+    @property
+    def split_day(self) -> date:
+        """The first day of the split: the shadow phase, if any, comes before it."""
+        return self.start_day + timedelta(days=self.shadow_days)
 
     def verdict_on(self, day: date) -> str | None:
         return self.tags.get(f"tlp.ab.verdict.{day.isoformat()}")
@@ -52,6 +58,7 @@ def _record(run: dict[str, object]) -> ExperimentRecord:
         run_id=str(run["run_id"]), spec=spec, status=tags[STATUS_TAG], champion_version=tags["tlp.ab.champion_version"],
         challenger_version=tags["tlp.ab.challenger_version"], start_day=date.fromisoformat(tags["tlp.ab.start_day"]),
         decided_on=date.fromisoformat(decided) if decided else None, tags=tags,
+        shadow_days=int(tags.get("tlp.ab.shadow_days", "0")),
     )
 
 
@@ -81,14 +88,14 @@ def experiment_for_day(mlflow: MlflowTracking, day: date) -> ExperimentRecord | 
 
 
 def write_spec(tracker: MlflowRunTracker, spec: ExperimentSpec, champion: str, challenger: str, start_day: date,
-               directory: Path) -> None:
+               shadow_days: int, directory: Path) -> None:
     """Record the spec before traffic is split: canonical JSON and digest as tags, the spec as an artifact."""
     path = directory / "experiment_spec.json"
     path.write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True))
     tracker.set_tags({
         EXPERIMENT_TAG: spec.experiment_id, SPEC_TAG: spec.canonical_json(), SPEC_DIGEST_TAG: spec.digest(),
         STATUS_TAG: RUNNING, "tlp.ab.champion_version": champion, "tlp.ab.challenger_version": challenger,
-        "tlp.ab.start_day": start_day.isoformat(),
+        "tlp.ab.start_day": start_day.isoformat(), "tlp.ab.shadow_days": str(shadow_days),
     })
     tracker.log_artifact(path)
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from resources.deployment_target import DeploymentTarget
 from tl_platform.checkpoints import verify_bundle
-from tl_platform.serving.deployment import DeploymentRecordError, VariantSpec, read_deployment_record
+from tl_platform.experiments.ab_spec import ExperimentSpec
+from tl_platform.serving.deployment import (
+    DeploymentRecord,
+    DeploymentRecordError,
+    VariantSpec,
+    read_deployment_record,
+    write_deployment_record,
+)
 from tl_platform.tracking.mlflow_tracker import RegisteredVersion
 
 
@@ -35,3 +42,16 @@ def serving_precision(target: DeploymentTarget, default: str = "int8") -> str:
         return read_deployment_record(target.path()).champion.precision
     except DeploymentRecordError:
         return default
+
+
+def write_split(target: DeploymentTarget, champion: RegisteredVersion, challenger: RegisteredVersion,
+                spec: ExperimentSpec, shadow: bool) -> Path:
+    """The experiment's serving state: the challenger in shadow (every caller sees the champion), or on the
+    spec's share of units, routed by the experiment's own salt."""
+    precision = serving_precision(target)
+    record = DeploymentRecord(
+        champion=variant_of(champion, precision), challenger=variant_of(challenger, precision),
+        challenger_share=0.0 if shadow else spec.challenger_share, shadow=shadow,
+        experiment_id=spec.experiment_id, routing_salt=spec.routing_salt,
+    )
+    return write_deployment_record(target.path(), record)

@@ -171,3 +171,28 @@ def test_with_no_experiment_a_day_says_so(tmp_path: Path) -> None:
     stages.resources["prediction_log"] = PredictionLogSource(url=f"sqlite:///{tmp_path / 'p.db'}")
     result = decision(stages, FIRST)
     assert result["verdict"] == "none" and "no A/B experiment" in result["summary"]
+
+
+def test_a_shadow_phase_compares_silently_then_starts_the_split(served: tuple[Stages, str]) -> None:
+    stages, log_url = served
+    assert stages.materialize([exported_model], run_config={**IN_PROCESS, "ops": {"exported_model": EXPORT}}).success
+    start = FIRST + timedelta(days=7)
+    assert stages.materialize([ab_experiment], run_config=experiment_config(start, shadow_days=1)).success
+    assert "in shadow for 1 days" in experiment_metadata(stages)["phase"]
+    record = read_deployment_record(stages["deployment_target"].path())
+    assert record.shadow and record.challenger_share == 0.0 and record.experiment_id is not None
+    changed = stages.materialize([ab_experiment], run_config=experiment_config(start, shadow_days=2), raise_on_error=False)
+    assert not changed.success  # the phase plan is pre-registered too
+
+    even = {(variant, domain): 0.8 for variant in ("champion", "challenger") for domain in ("amazon", "yelp")}
+    send_day(stages, log_url, start, even, seed=11)
+    shadow = decision(stages, start)
+    assert shadow["verdict"] == "shadow", shadow["summary"]
+    assert shadow["shadow"]["pairs"] == 400 and 0.0 <= shadow["agreement_rate"] <= 1.0
+    assert "the split starts on" in shadow["summary"]
+    split = read_deployment_record(stages["deployment_target"].path())
+    assert not split.shadow and split.challenger_share == 0.5 and split.routing_salt == record.routing_salt
+
+    send_day(stages, log_url, start + timedelta(days=1), even, seed=12)
+    first_split_day = decision(stages, start + timedelta(days=1))
+    assert first_split_day["verdict"] == "keep_running" and first_split_day["days_run"] == 1

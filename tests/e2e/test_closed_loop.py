@@ -7,6 +7,10 @@ harmful one is constructed, and says so: imdb sentences with their evaluative wo
 (bench/retrain_recovery.py). The shift is systematic, so the feedback can teach it. Days are simulated in the
 past through the server's event-time header; monitor partitions are materialised per day and the trigger
 sensor is evaluated with the daemon's code, then the retrain it requests is run.
+
+Then the A/B loop on the same models: the candidate challenges the champion on slang and standard reviews
+from 200 users over two days and ships (better on slang, no worse on standard); the old model then challenges
+the new champion and is rolled back on its first day, with the slang slice named as the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import httpx
 import pytest
 
 from assets import (
+    ab_decision,
+    ab_experiment,
     canary_accuracy,
     candidate_model,
     deployment,
@@ -42,8 +48,9 @@ from tests.server_process import free_port, start_server
 from tl_platform.data import SplitFractions, load_labelled_text, stratified_split
 from tl_platform.data.bundled import bundled_source
 from tl_platform.data.schema import LabelledDataset
+from tl_platform.serving.deployment import read_deployment_record
 from tl_platform.simulation.shifts import slang
-from tl_platform.simulation.traffic import replay, sample_day
+from tl_platform.simulation.traffic import TrafficDay, replay, sample_day
 from tl_platform.tracking.mlflow_tracker import registered_versions_with_aliases
 
 pytestmark = pytest.mark.integration
@@ -107,7 +114,7 @@ def _evaluate_sensor(stages: Stages, cursor: str | None) -> tuple[dg.SensorResul
 
 
 @pytest.mark.timeout(2400)  # two MiniLM trainings; about 12 minutes on 2 quiet cores, twice that when shared
-def test_benign_shift_alerts_and_harmful_shift_retrains_a_candidate_that_does_not_forget(
+def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_through_an_ab_test(
     tmp_path: Path, inbox: WebhookInbox
 ) -> None:
     stages = Stages(tmp_path)
@@ -194,6 +201,71 @@ def test_benign_shift_alerts_and_harmful_shift_retrains_a_candidate_that_does_no
     assert tags["tlp.trigger_window"] == windows[2]
     assert tags["tlp.parent_version"] == "1"
     assert "breach" in tags["tlp.canary_summary"] or "below" in tags["tlp.canary_summary"]
+
+    # The candidate against the champion, over HTTP: slang and standard reviews from 300 users.
+    held_out = LabelledDataset(
+        texts=imdb_rows.validation.texts + imdb_rows.test.texts, labels=imdb_rows.validation.labels + imdb_rows.test.labels,
+        schema=imdb_rows.test.schema, source="imdb held out", rows_read=0, duplicates=imdb_rows.test.duplicates)
+    amazon = _domain("amazon")
+    start = first + timedelta(days=5)
+    ab_days = [
+        day for offset in range(2) for day in (
+            sample_day(start + timedelta(days=offset), held_out, 300, seed=10 + offset, shift=slang,
+                       attributes={"domain": "imdb", "register": "slang"}),
+            sample_day(start + timedelta(days=offset), amazon, 300, seed=20 + offset,
+                       attributes={"domain": "amazon", "register": "standard"}),
+        )
+    ]
+    shipped = _experiment(stages, tmp_path, log_url, start, ab_days, candidate_version="")
+    assert shipped["verdict"] == "ship", shipped["summary"]
+    assert _registry(stages)[candidate][0] == ["champion"]
+    holdout = read_deployment_record(stages["deployment_target"].path())
+    assert holdout.champion.version == candidate and holdout.challenger is not None and holdout.challenger.version == "1"
+
+    # The old model challenges again: no better on standard reviews, much worse on slang, the critical slice.
+    again = first + timedelta(days=8)
+    rechallenge = [
+        sample_day(again, held_out, 300, seed=30, shift=slang, attributes={"domain": "imdb", "register": "slang"}),
+        sample_day(again, amazon, 300, seed=31, attributes={"domain": "amazon", "register": "standard"}),
+    ]
+    rolled_back = _experiment(stages, tmp_path, log_url, again, rechallenge, candidate_version="1")
+    assert rolled_back["verdict"] == "roll_back", rolled_back["summary"]
+    assert any("register=slang" in reason for reason in rolled_back["reasons"]), rolled_back["reasons"]
+    registry = _registry(stages)
+    assert registry[candidate][0] == ["champion"] and registry["1"][1]["tlp.status"] == "retired"
+
+
+def _experiment(stages: Stages, tmp_path: Path, log_url: str, start: date, days: list[TrafficDay],
+                candidate_version: str) -> dict[str, Any]:
+    """Start an experiment on ``start``, replay its days through a fresh server, decide each day; the last decision."""
+    config = {"candidate_version": candidate_version, "experiment_id": f"e2e-{start.isoformat()}",
+              "start_day": start.isoformat(), "baseline": 0.8, "mde": 0.05, "min_duration_days": 2,
+              "slices": ["register"], "guardrails": [
+                  {"name": "p99_latency", "metric": "p99_latency_ms", "limit": 500.0, "direction": "lower",
+                   "comparison": "vs_champion"},
+                  {"name": "slang_accuracy", "metric": "accuracy", "limit": -0.02, "direction": "higher",
+                   "comparison": "vs_champion", "slice": {"register": "slang"}}]}
+    assert stages.materialize([ab_experiment], run_config={**IN_PROCESS, "ops": {"ab_experiment": {"config": config}}}).success
+    port = free_port()
+    server = start_server(stages["deployment_target"].path(), log_url, port, tmp_path, "--accept-event-time")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            replay(client, days, seed=start.toordinal())
+    finally:
+        server.terminate()
+        server.wait(30)
+    decided: dict[str, Any] = {}
+    for day in sorted({d.day for d in days}):
+        assert stages.materialize([ab_decision], partition_key=day.isoformat(), run_config=IN_PROCESS).success
+        decided = _metadata(stages, "ab_decision", day.isoformat())
+        if decided["verdict"] != "keep_running":
+            break
+    return decided
+
+
+def _registry(stages: Stages) -> dict[str, tuple[list[str], dict[str, str]]]:
+    return {version: (sorted(aliases), tags) for version, aliases, tags in
+            registered_versions_with_aliases(stages["mlflow"].settings(), "tlp-classifier")}
 
 
 def _metadata(stages: Stages, asset: str, partition: str) -> dict[str, Any]:

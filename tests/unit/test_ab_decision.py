@@ -114,3 +114,19 @@ def test_the_pictures_are_written(tmp_path: Path) -> None:
     for plot, name in ((plot_daily_effects, "effects.png"), (plot_sample_progress, "sample.png")):
         written = plot(decision, tmp_path / name)
         assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written.stat().st_size > 5000
+
+
+def test_cost_per_1000_requests_prices_the_mean_latency_and_an_unknown_metric_is_not_measured() -> None:
+    from dataclasses import replace
+
+    spec = replace(SPEC, guardrails=(Guardrail("cost", "cost_per_1k_requests", 0.0001, "lower", comparison="vs_champion"),
+                                     Guardrail("revenue", "revenue_per_user", -1.0, "higher", comparison="vs_champion")))
+    decision = decide(spec, aggregates(8, 0.80, 0.88), START, day(8))
+    cost, revenue = decision.guardrails
+    # 20 ms and 22 ms of a core at $0.04 an hour, per 1,000 requests
+    assert cost.champion == pytest.approx(20 / 3.6e6 * 0.04 * 1000) and cost.compared == pytest.approx(2 / 3.6e6 * 0.04 * 1000)
+    assert not cost.breached
+    assert revenue.compared is None and "not measured" in revenue.note
+    assert decision.verdict == "keep_running" and "not measured yet" in decision.reasons[0]
+    given = decide(spec, aggregates(8, 0.80, 0.88), START, day(8), extra_guardrail_values={"revenue_per_user": (5.0, 5.5)})
+    assert given.verdict == "ship" and given.guardrails[1].compared == pytest.approx(0.5)

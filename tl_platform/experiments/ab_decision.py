@@ -125,11 +125,12 @@ def _operational_values(guardrail: Guardrail, aggregates: ExperimentAggregates) 
     if guardrail.metric == "error_rate":
         return ops["champion"].error_rate, ops["challenger"].error_rate
     if guardrail.metric == "cost_per_1k_requests":  # compute time per request, priced per core-hour
-        return tuple(  # type: ignore[return-value]
-            None if ops[arm].mean_latency_ms is None else ops[arm].mean_latency_ms / 3.6e6 * CPU_CORE_HOUR_USD * 1000
-            for arm in ("champion", "challenger")
-        )
+        return _cost_per_1k(ops["champion"].mean_latency_ms), _cost_per_1k(ops["challenger"].mean_latency_ms)
     return None
+
+
+def _cost_per_1k(mean_latency_ms: float | None) -> float | None:
+    return None if mean_latency_ms is None else mean_latency_ms / 3.6e6 * CPU_CORE_HOUR_USD * 1000
 
 
 def evaluate_guardrail(guardrail: Guardrail, spec: ExperimentSpec, aggregates: ExperimentAggregates,
