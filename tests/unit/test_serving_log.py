@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.serving_fixtures import log_url
+from tl_platform.serving.log_availability import LogUnavailableError
 from tl_platform.serving.log_schema import PROJECTION_NAMES
 from tl_platform.serving.prediction_log import (
     FEATURE_DTYPES,
@@ -190,8 +191,10 @@ def test_a_failed_commit_fails_its_requests_and_the_writer_goes_on(log_url: tupl
     log = PredictionLog(log_url[0], log_url[1])
     log.start()
     log.submit([row("c" * 32)]).result(timeout=10)
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(LogUnavailableError) as failed:
         log.submit([row("c" * 32)]).result(timeout=10)  # same primary key
+    assert isinstance(failed.value.__cause__, sa.exc.IntegrityError)  # the cause, for the server's log
+    assert "c" * 32 not in str(failed.value)  # the caller's message quotes no row of the group
     assert log.failed_commits == 1
     log.submit([row("d" * 32)]).result(timeout=10)
     assert len(log.rows()) == 2

@@ -9,24 +9,30 @@ the field and the rule, in one error shape (``ErrorResponse``). With ``accept_ev
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
+import sqlalchemy as sa
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tl_platform.serving.batching import DynamicBatcher
+from tl_platform.serving.body_limits import BodyLimitMiddleware, BodyLimits
 from tl_platform.serving.config import ServingConfig
 from tl_platform.serving.deployment_watcher import DeploymentWatcher, LiveDeployment
+from tl_platform.serving.log_availability import (
+    RETRY_AFTER_S,
+    UNAVAILABLE_MESSAGE,
+    LogUnavailableError,
+    open_with_retry,
+)
 from tl_platform.serving.metrics import ServingMetrics
 from tl_platform.serving.model import ModelLoader, load_variant
 from tl_platform.serving.prediction_log import (
@@ -36,114 +42,32 @@ from tl_platform.serving.prediction_log import (
     PredictionLog,
     UnknownRequestError,
 )
+from tl_platform.serving.request_parsing import (
+    EVENT_TIME_FORMAT,
+    EVENT_TIME_HEADER,
+    MAX_EVENT_TIME_CHARS,
+    ApiError,
+    event_time,
+    field_name,
+    parse_body,
+)
 from tl_platform.serving.schemas import (
-    ErrorDetail,
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
     Prediction,
-    PredictRequest,
     PredictResponse,
     ReadyResponse,
+    bounded_predict_request,
 )
 from tl_platform.serving.service import PredictionService
 from tl_platform.serving.text_retention import TextRetention
 
 logger = logging.getLogger(__name__)
-Body = TypeVar("Body", bound=BaseModel)
 ENDPOINTS = frozenset({"/predict", "/feedback", "/healthz", "/readyz", "/metrics"})
-EVENT_TIME_HEADER = "X-Event-Time"
-MAX_EVENT_TIME_CHARS = 64  # the longest ISO 8601 time with microseconds and an offset is 32
-EVENT_TIME_FORMAT = "an ISO 8601 time with a time zone, e.g. 2025-03-01T12:00:00Z or 2025-03-01T14:00:00+02:00"
-
-
-class ApiError(Exception):
-    """A refused request: HTTP status, the field at fault, the rule, and a message naming both."""
-
-    def __init__(self, status: int, field: str, rule: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.details = [ErrorDetail(field=field, rule=rule, message=message)]
-
-
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "body"
-
-
-def _validation_error(err: ValidationError) -> ApiError:
-    details = []
-    for problem in err.errors(include_url=False):
-        field = _field_name(tuple(problem["loc"]))
-        message = str(problem["msg"]).removeprefix("Value error, ")
-        details.append(ErrorDetail(field=field, rule=str(problem["type"]), message=f"{field}: {message}"))
-    error = ApiError(422, details[0].field, details[0].rule, details[0].message)
-    error.details = details
-    return error
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def parse_body(request: Request, model: type[Body], max_bytes: int) -> Body:
-    """Strict UTF-8, strict JSON (no NaN or Infinity), then the schema; ApiError names the field and rule."""
-    body = await request.body()
-    if len(body) > max_bytes:
-        raise ApiError(413, "body", "max_body_bytes", f"body: must be at most {max_bytes} bytes, got {len(body)}")
-    if not body.strip():
-        raise ApiError(400, "body", "json", "body: must be a JSON object, got an empty body")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ApiError(
-            400, "body", "utf8", f"body: must be UTF-8 encoded (invalid byte 0x{body[err.start]:02x} at offset {err.start})"
-        ) from err
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as err:
-        raise ApiError(400, "body", "json", f"body: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
-    except ValueError as err:
-        raise ApiError(400, "body", "json", f"body: {err}") from err
-    except RecursionError as err:
-        raise ApiError(400, "body", "json", "body: JSON nested too deeply") from err
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise _validation_error(err) from err
-
-
-def event_time(request: Request, accept: bool) -> datetime | None:
-    """The request's ``X-Event-Time`` in UTC, None without the header; ApiError (400) when the server does not
-    accept event times, or the value is not one ISO 8601 time with a time zone."""
-    values = request.headers.getlist(EVENT_TIME_HEADER)
-    if not values:
-        return None
-    header = EVENT_TIME_HEADER
-    if not accept:
-        raise ApiError(400, header, "event_time_disabled",
-                       f"{header}: this server logs its own clock's time; start it with --accept-event-time "
-                       "(ServingConfig.accept_event_time) to let simulators and replays set the time")
-    if len(values) > 1:
-        raise ApiError(400, header, "event_time_once", f"{header}: give it once, got {len(values)} values")
-    raw = values[0].strip()
-    if len(raw) > MAX_EVENT_TIME_CHARS:
-        raise ApiError(400, header, "event_time_format",
-                       f"{header}: must be {EVENT_TIME_FORMAT}, at most {MAX_EVENT_TIME_CHARS} characters; got {len(raw)}")
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError as err:
-        raise ApiError(400, header, "event_time_format", f"{header}: must be {EVENT_TIME_FORMAT}, got {raw!r}") from err
-    if moment.utcoffset() is None:  # a naive time names no instant: the log and its windows are UTC
-        raise ApiError(400, header, "event_time_timezone",
-                       f"{header}: must carry a time zone (Z or +HH:MM); {raw!r} has none")
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError as err:  # 0001-01-01T00:00+01:00 has no UTC instant in datetime's range
-        raise ApiError(400, header, "event_time_range", f"{header}: {raw!r} is outside the years 1 to 9999 in UTC") from err
+FEEDBACK_BODY_BYTES = 65_536  # a feedback body is a request id, an index, a label and a number
+MODEL_FAILED_MESSAGE = "model: prediction failed (the details are in the server's log)"
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -216,13 +140,19 @@ def build_runtime(config: ServingConfig, loader: ModelLoader = load_variant, tab
     (raising if it cannot be served) and wire the parts; nothing runs until ``start``."""
     metrics = ServingMetrics()
     # the log first: a --no-migrate replica on a stale schema refuses before spending time loading models
-    log = PredictionLog(
-        config.log_url,
-        table_prefix,
-        config.log_max_rows_per_commit,
-        on_commit=metrics.observe_commit,
-        sqlite_synchronous=config.sqlite_synchronous,
-        migrate=config.migrate_log,
+    log = open_with_retry(
+        lambda: PredictionLog(
+            config.log_url,
+            table_prefix,
+            config.log_max_rows_per_commit,
+            on_commit=metrics.observe_commit,
+            sqlite_synchronous=config.sqlite_synchronous,
+            migrate=config.migrate_log,
+            connect_timeout_s=config.log_connect_timeout_s,
+            statement_timeout_s=config.log_statement_timeout_s,
+        ),
+        config.log_start_wait_s,
+        sa.make_url(config.log_url).render_as_string(hide_password=True),
     )
     try:
         return _wire(config, loader, metrics, log)
@@ -233,7 +163,8 @@ def build_runtime(config: ServingConfig, loader: ModelLoader = load_variant, tab
 
 def _wire(config: ServingConfig, loader: ModelLoader, metrics: ServingMetrics, log: PredictionLog) -> ServingRuntime:
     def on_reload(live: LiveDeployment | None, error: str | None) -> None:
-        metrics.reloads.labels("failed" if error else "ok").inc()
+        metrics.reloads.labels("failed" if live is None else "challenger_dropped" if error else "ok").inc()
+        metrics.deployment_degraded.set(1 if error else 0)
         if live is not None:
             metrics.model_info.clear()
             metrics.model_info.labels("champion", live.champion.version, live.champion.precision).set(1)
@@ -278,8 +209,8 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
     def respond_error(request: Request, error: ApiError) -> JSONResponse:
         endpoint = request.url.path if request.url.path in ENDPOINTS else "other"
         metrics.errors.labels(endpoint, error.details[0].rule).inc()
-        body = ErrorResponse(error=error.details[0].message, errors=error.details)
-        return JSONResponse(status_code=error.status, content=body.model_dump())
+        body = ErrorResponse(error=error.details[0].message, errors=error.details, errors_omitted=error.omitted)
+        return JSONResponse(status_code=error.status, content=body.model_dump(), headers=error.headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -294,38 +225,43 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": "invalid"}
-        field = _field_name(tuple(first["loc"]))
+        field = field_name(tuple(first["loc"]))
         return respond_error(request, ApiError(422, field, str(first["type"]), f"{field}: {first['msg']}"))
 
+    def count_refusal(path: str, rule: str) -> None:
+        metrics.errors.labels(path if path in ENDPOINTS else "other", rule).inc()
+
+    # innermost first: the counter, outermost, also counts the body limit's refusals
+    limits = BodyLimits({"/predict": config.max_body_bytes, "/feedback": FEEDBACK_BODY_BYTES})
+    app.add_middleware(BodyLimitMiddleware, limits=limits, on_refused=count_refusal)
     app.add_middleware(RequestCounter, metrics=metrics)
+    predict_request = bounded_predict_request(
+        config.max_texts_per_request, config.max_text_chars if config.on_overlong == "reject" else None
+    )
+
+    def log_unavailable(err: Exception, what: str) -> ApiError:
+        logger.error("%s: the prediction log is unavailable", what, exc_info=err)  # the cause, for operators only
+        return ApiError(503, "prediction_log", "log_available", UNAVAILABLE_MESSAGE,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.post(
         "/predict", response_model=PredictResponse, responses=_errors(400, 413, 422, 500, 503),
-        openapi_extra={**_body_schema(PredictRequest), "parameters": [_EVENT_TIME_PARAMETER]},
+        openapi_extra={**_body_schema(predict_request), "parameters": [_EVENT_TIME_PARAMETER]},
         summary="Classify one text (text) or a batch (texts); unit_id pins the A/B variant",
     )
     async def predict(request: Request, background: BackgroundTasks) -> PredictResponse:
         when = event_time(request, config.accept_event_time)
-        body = await parse_body(request, PredictRequest, config.max_body_bytes)
+        body = await parse_body(request, predict_request)  # count and (rejecting) length bounded by the schema
         texts = body.all_texts()
-        if len(texts) > config.max_texts_per_request:
-            raise ApiError(413, "texts", "max_texts_per_request",
-                           f"texts: at most {config.max_texts_per_request} texts per request, got {len(texts)}")
-        truncated = []
-        for index, text in enumerate(texts):
-            over = len(text) > config.max_text_chars
-            if over and config.on_overlong == "reject":
-                field = "text" if body.text is not None else f"texts[{index}]"
-                raise ApiError(413, field, "max_text_chars",
-                               f"{field}: at most {config.max_text_chars} characters, got {len(text)}")
-            if over:
-                texts[index] = text[: config.max_text_chars]
-            truncated.append(over)
+        truncated = [len(text) > config.max_text_chars for text in texts]  # only with on_overlong="truncate"
+        texts = [text[: config.max_text_chars] for text in texts]
         try:
             result, job = await runtime.service.predict(texts, truncated, body.unit_id, body.attributes, when)
-        except Exception as err:  # answered as 500, logged with its traceback and counted under tlp_errors
+        except LogUnavailableError as err:
+            raise log_unavailable(err, "predict") from err
+        except Exception as err:  # 500 with a generic message: the exception's text stays in the server's log
             logger.exception("predict failed")
-            raise ApiError(500, "model", "inference", f"model: prediction failed ({type(err).__name__}: {err})") from err
+            raise ApiError(500, "model", "inference", MODEL_FAILED_MESSAGE) from err
         if job is not None:
             background.add_task(runtime.service.shadow.submit, job)  # after the reply is sent
         return PredictResponse(
@@ -336,13 +272,13 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
         )
 
     @app.post(
-        "/feedback", response_model=FeedbackResponse, responses=_errors(400, 404, 409, 413, 422),
+        "/feedback", response_model=FeedbackResponse, responses=_errors(400, 404, 409, 413, 422, 503),
         openapi_extra={**_body_schema(FeedbackRequest), "parameters": [_EVENT_TIME_PARAMETER]},
         summary="The true label or a business outcome of an answered prediction, joined by request_id",
     )
     async def feedback(request: Request) -> FeedbackResponse:
         when = event_time(request, config.accept_event_time)
-        body = await parse_body(request, FeedbackRequest, 65_536)
+        body = await parse_body(request, FeedbackRequest)
         outcome = float(body.outcome) if body.outcome is not None else None
         try:
             await asyncio.to_thread(runtime.log.record_feedback, body.request_id, body.item_index, body.label, outcome,
@@ -356,17 +292,30 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
         except FeedbackBeforePredictionError as err:
             raise ApiError(422, EVENT_TIME_HEADER, "feedback_after_prediction",
                            f"{EVENT_TIME_HEADER}: {str(err).removeprefix('ts: ')}") from err
+        except sa.exc.SQLAlchemyError as err:  # down, hung past its timeout: IntegrityError was handled inside
+            raise log_unavailable(err, "feedback") from err
         return FeedbackResponse(request_id=body.request_id, item_index=body.item_index)
 
     @app.get("/healthz", response_model=HealthResponse, summary="Liveness: the process answers")
     async def healthz() -> HealthResponse:
         return HealthResponse(status="ok")
 
-    @app.get("/readyz", response_model=ReadyResponse, responses=_errors(503), summary="Readiness: a deployment is loaded and the log writer runs")
+    @app.get("/readyz", response_model=ReadyResponse, responses=_errors(503),
+             summary="Readiness: a deployment is loaded and watched, the log answers and its writer runs")
     async def readyz() -> ReadyResponse:
-        if not runtime.log.writer_alive:
+        watcher, log = runtime.watcher, runtime.log
+        if not watcher.loaded:
+            raise ApiError(503, "models", "deployment_loaded", f"models: no deployment loaded from {watcher.path}")
+        if not watcher.watching:
+            raise ApiError(503, "deployment_watcher", "watcher_running",
+                           "deployment_watcher: not running, so record changes would not be served")
+        if not log.writer_alive:
             raise ApiError(503, "prediction_log", "writer_running", "prediction_log: the log writer is not running")
-        live = runtime.watcher.current
+        try:  # bounded by the engine's connect and statement timeouts
+            await asyncio.to_thread(log.ping)
+        except Exception as err:
+            raise log_unavailable(err, "readyz") from err
+        live = watcher.current
         record = live.record
         return ReadyResponse(
             status="ready", champion_version=live.champion.version,

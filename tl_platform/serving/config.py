@@ -61,6 +61,13 @@ class ServingConfig:
             ``2025-03-01T12:00:00Z``), used as the row's or the feedback's time, so traffic simulators and replays
             of recorded traffic land in the monitoring windows of their own days. Never on a production replica
             that callers reach directly: they could then write into past windows.
+        log_connect_timeout_s: longest wait to open a connection to the log (or get one from the pool), in
+            [0.1, 600]; Postgres rounds it up to whole seconds (at least 2).
+        log_statement_timeout_s: longest one statement of the log may run, in [0.1, 3600]: Postgres cancels it
+            (``statement_timeout``), SQLite stops waiting for its write lock. A request whose rows cannot commit in
+            time is answered 503. Schema migrations at start run without it.
+        log_start_wait_s: how long start-up keeps retrying an unreachable log backend (back-off from 0.5 s
+            doubling to 8 s) before giving up with a message, in [0, 3600]; 0 tries once.
     """
 
     deployment: Path
@@ -86,6 +93,9 @@ class ServingConfig:
     text_purge_interval_s: float = 3600.0
     migrate_log: bool = True
     accept_event_time: bool = False
+    log_connect_timeout_s: float = 5.0
+    log_statement_timeout_s: float = 10.0
+    log_start_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment", Path(self.deployment))
@@ -130,6 +140,17 @@ class ServingConfig:
             and 1 <= self.text_purge_interval_s <= 86_400,
             f"ServingConfig.text_purge_interval_s must be in [1, 86400], got {self.text_purge_interval_s!r}",
         )
+        seconds: tuple[tuple[str, float, float], ...] = (
+            ("log_connect_timeout_s", 0.1, 600),
+            ("log_statement_timeout_s", 0.1, 3600),
+            ("log_start_wait_s", 0, 3600),
+        )
+        for setting, shortest, longest in seconds:
+            value = getattr(self, setting)
+            _require(
+                isinstance(value, int | float) and not isinstance(value, bool) and shortest <= value <= longest,
+                f"ServingConfig.{setting} must be a number of seconds in [{shortest:g}, {longest:g}], got {value!r}",
+            )
         for flag in ("capture_text", "migrate_log", "accept_event_time"):
             _require(
                 isinstance(getattr(self, flag), bool),

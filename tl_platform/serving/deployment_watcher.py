@@ -1,15 +1,25 @@
 """The live deployment: models loaded from the record, and a watcher that swaps them when the record changes.
 
 A changed record (the registry alias moved) is loaded fully, every bundle verified (against the record's
-``bundle_sha256`` where it has one), before one reference is swapped; requests in flight keep the models they started with, so no request fails during the swap. A record
-that cannot be loaded leaves the current deployment serving, and is counted and logged.
+``bundle_sha256`` where it has one), before one reference is swapped; requests in flight keep the models they
+started with, so no request fails during the swap.
+
+Failures never stop the serving or the watching. A record that cannot be read or loaded leaves the current
+deployment serving; it is logged and reported, and retried with an exponential back-off (a bundle copied after
+its record loads on a later try), while a record that changes again is tried at once. A challenger that cannot
+be loaded is dropped with an alert: the champion serves every caller (the logged split says so: share 0) and
+the challenger is retried with the same back-off; at start-up too, so a broken challenger never keeps the
+champion from serving. Only a champion that cannot be loaded at start-up refuses to start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +29,24 @@ from tl_platform.serving.deployment import DeploymentRecord, DeploymentRecordErr
 from tl_platform.serving.model import ModelLoader, ServingModel
 
 logger = logging.getLogger(__name__)
+MAX_RETRY_S = 300.0  # the back-off between tries of one failing record stops growing here
+
+
+class ModelLoadError(RuntimeError):
+    """A variant's model could not be loaded for a reason other than its bundle or record (the runtime refused
+    the graph, memory ran out); the message names the role, version and bundle."""
 
 
 @dataclass(frozen=True)
 class LiveDeployment:
+    """What serves now. ``record`` is the record as served: with its challenger removed (share 0, no shadow) when
+    the challenger could not be loaded, ``challenger_error`` then saying why."""
+
     record: DeploymentRecord
     champion: ServingModel
     challenger: ServingModel | None
     fingerprint: str  # SHA-256 of the record file's bytes
+    challenger_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,7 +55,22 @@ class ReloadOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Retry:
+    key: str  # the record's fingerprint, or the read error, that failed
+    attempts: int
+    next_at: float
+    error: str
+
+
 class DeploymentWatcher:
+    """Loads the record at ``path`` and reloads it when its bytes change, every ``interval_s`` on a thread.
+
+    ``on_reload(live, error)`` is told of every attempt: ``(live, None)`` loaded fully, ``(live, error)`` loaded
+    with the challenger dropped, ``(None, error)`` failed (the previous deployment serves). A failed attempt is
+    retried after ``retry_s``, doubling per failure up to ``max_retry_s``; ``retry_s`` defaults to ``interval_s``.
+    """
+
     def __init__(
         self,
         path: Path,
@@ -43,14 +78,20 @@ class DeploymentWatcher:
         intra_op_threads: int,
         interval_s: float,
         on_reload: Callable[[LiveDeployment | None, str | None], None] | None = None,
+        retry_s: float | None = None,
+        max_retry_s: float = MAX_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self._loader = loader
         self._threads = intra_op_threads
         self._interval = interval_s
         self._on_reload = on_reload
+        self._retry_s = retry_s if retry_s is not None else interval_s
+        self._max_retry_s = max(max_retry_s, self._retry_s)
+        self._clock = clock
         self._current: LiveDeployment | None = None
-        self._failed_fingerprint: str | None = None
+        self._retry: _Retry | None = None
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,66 +107,116 @@ class DeploymentWatcher:
     def loaded(self) -> bool:
         return self._current is not None
 
+    @property
+    def watching(self) -> bool:
+        """The watcher thread runs (False before ``start`` and after ``stop``, or if it ever died)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def problem(self) -> str | None:
+        """Why the record on disk is not what serves (a failed reload, a dropped challenger), or None."""
+        retry = self._retry
+        return retry.error if retry is not None else None
+
     def load(self) -> LiveDeployment:
-        """Load the record now; raise DeploymentRecordError or BundleError if it cannot be served."""
+        """Load the record now; raise DeploymentRecordError, BundleError or ModelLoadError if its champion cannot
+        be served. A challenger that cannot be loaded is dropped (logged, reported, retried later)."""
         with self._lock:
             data = self._read_bytes()
-            live = self._build(data)
+            fingerprint = hashlib.sha256(data).hexdigest()
+            live = self._build(data, fingerprint)
             self._current = live
-        if self._on_reload is not None:
-            self._on_reload(live, None)
+            if live.challenger_error is not None:
+                self._schedule(fingerprint, live.challenger_error)
+        self._notify(live, live.challenger_error)
         return live
 
     def check(self) -> ReloadOutcome:
-        """Reload if the record's bytes changed; keep serving the current deployment if the new one fails."""
+        """Reload if the record's bytes changed, or a failed try is due again; never raises."""
         with self._lock:
+            data: bytes | None
             try:
                 data = self._read_bytes()
+                key = hashlib.sha256(data).hexdigest()
             except DeploymentRecordError as err:
-                return self._failed(str(err), None)
-            fingerprint = hashlib.sha256(data).hexdigest()
+                data, key = None, f"unreadable: {err}"
             current = self._current
-            if current is not None and fingerprint == current.fingerprint:
+            if current is not None and key == current.fingerprint and current.challenger_error is None:
+                self._retry = None
                 return ReloadOutcome(False)
-            if fingerprint == self._failed_fingerprint:
-                return ReloadOutcome(False, "unchanged since the last failed reload")
+            retry = self._retry
+            if retry is not None and retry.key == key and self._clock() < retry.next_at:
+                return ReloadOutcome(False, retry.error)  # the same failure, not due again yet: quiet
+            if data is None:
+                return self._failed(key.removeprefix("unreadable: "), key)
             try:
-                live = self._build(data)
-            except Exception as err:  # any load failure is counted and logged; the current deployment keeps serving
-                return self._failed(f"{type(err).__name__}: {err}", fingerprint)
+                live = self._build(data, key)
+            except Exception as err:  # whatever it is, the current deployment keeps serving
+                return self._failed(f"{type(err).__name__}: {err}", key)
+            if live.challenger_error is not None:
+                self._schedule(key, live.challenger_error)
+                if current is not None and current.fingerprint == key:  # the same record, its challenger still broken
+                    self._notify(None, live.challenger_error)
+                    return ReloadOutcome(False, live.challenger_error)
+            else:
+                self._retry = None
             self._current = live
-            self._failed_fingerprint = None
         logger.info("deployment reloaded: champion %s, challenger %s", live.record.champion.version,
                     live.record.challenger.version if live.record.challenger else None)
-        if self._on_reload is not None:
-            self._on_reload(live, None)
-        return ReloadOutcome(True)
+        self._notify(live, live.challenger_error)
+        return ReloadOutcome(True, live.challenger_error)
 
-    def _failed(self, message: str, fingerprint: str | None) -> ReloadOutcome:
-        self._failed_fingerprint = fingerprint
-        logger.error("deployment reload from %s failed; still serving the previous deployment: %s", self.path, message)
-        if self._on_reload is not None:
-            self._on_reload(None, message)
+    def _schedule(self, key: str, error: str) -> None:
+        retry = self._retry
+        attempts = retry.attempts + 1 if retry is not None and retry.key == key else 1
+        delay = min(self._max_retry_s, self._retry_s * 2 ** (attempts - 1))
+        self._retry = _Retry(key, attempts, self._clock() + delay, error)
+
+    def _failed(self, message: str, key: str) -> ReloadOutcome:
+        self._schedule(key, message)
+        retry = self._retry
+        assert retry is not None
+        logger.error("deployment reload from %s failed (try %d, next in %.0f s); still serving the previous "
+                     "deployment: %s", self.path, retry.attempts, retry.next_at - self._clock(), message)
+        self._notify(None, message)
         return ReloadOutcome(False, message)
+
+    def _notify(self, live: LiveDeployment | None, error: str | None) -> None:
+        if self._on_reload is None:
+            return
+        try:
+            self._on_reload(live, error)
+        except Exception:  # a reporting hook must not stop the reloads it reports on
+            logger.exception("the deployment watcher's on_reload hook failed")
 
     def _read_bytes(self) -> bytes:
         try:
             return self.path.read_bytes()
         except FileNotFoundError as err:
             raise DeploymentRecordError(f"{self.path}: no deployment record (the deployment asset writes it)") from err
+        except OSError as err:  # a directory, no permission, an I/O error: reported like a missing file
+            raise DeploymentRecordError(f"{self.path}: cannot read the deployment record ({err})") from err
 
-    def _build(self, data: bytes) -> LiveDeployment:
-        import json
-
+    def _build(self, data: bytes, fingerprint: str) -> LiveDeployment:
         try:
             record = DeploymentRecord.from_json(json.loads(data.decode("utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
+            if isinstance(err, DeploymentRecordError):
+                raise DeploymentRecordError(f"{self.path}: {err}") from err
             raise DeploymentRecordError(f"{self.path}: not valid UTF-8 JSON ({err})") from err
-        except DeploymentRecordError as err:
-            raise DeploymentRecordError(f"{self.path}: {err}") from err
         champion = self._model(record.champion, "champion")
-        challenger = self._model(record.challenger, "challenger") if record.challenger is not None else None
-        return LiveDeployment(record, champion, challenger, hashlib.sha256(data).hexdigest())
+        if record.challenger is None:
+            return LiveDeployment(record, champion, None, fingerprint)
+        try:
+            challenger = self._model(record.challenger, "challenger")
+        except Exception as err:  # the champion still serves: drop the challenger, alert, retry later
+            error = f"{type(err).__name__}: {err}"
+            logger.error("ALERT challenger %s dropped: it cannot be loaded from %s; the champion %s serves every "
+                         "caller until it can: %s", record.challenger.version, record.challenger.bundle,
+                         record.champion.version, error)
+            served = dataclasses.replace(record, challenger=None, challenger_share=0.0, shadow=False)
+            return LiveDeployment(served, champion, None, fingerprint, error)
+        return LiveDeployment(record, champion, challenger, fingerprint)
 
     def _model(self, spec: VariantSpec, role: str) -> ServingModel:
         current = self._current
@@ -140,6 +231,8 @@ class DeploymentWatcher:
             raise BundleError(f"{role}: {err}") from err
         except DeploymentRecordError as err:
             raise DeploymentRecordError(f"{role}: {err}") from err
+        except Exception as err:
+            raise ModelLoadError(f"{role}: variant {spec.version} from {spec.bundle}: {type(err).__name__}: {err}") from err
 
     def start(self) -> None:
         if self._thread is None:
@@ -155,5 +248,7 @@ class DeploymentWatcher:
 
     def _watch(self) -> None:
         while not self._stop.wait(self._interval):
-            self.check()
-
+            try:
+                self.check()
+            except Exception:  # check reports its own failures; this is for its bugs: keep watching
+                logger.exception("deployment watcher: unexpected error while checking %s; still watching", self.path)

@@ -7,6 +7,7 @@ two equal, so a column added here without a revision fails there.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,20 +80,40 @@ def log_tables(prefix: str) -> LogTables:
     return LogTables(metadata, predictions, feedback)
 
 
-def make_engine(url: str, sqlite_synchronous: str = "normal") -> Engine:
+def make_engine(
+    url: str, sqlite_synchronous: str = "normal", connect_timeout_s: float | None = None,
+    statement_timeout_s: float | None = None,
+) -> Engine:
     """An engine for the URL; SQLite gets WAL, the chosen synchronous level and a busy timeout on every connection.
 
     In WAL mode ``normal`` writes each commit to the WAL before returning (it survives the process being
     killed) and syncs at checkpoints; ``full`` syncs every commit (it also survives a power loss).
+
+    Timeouts (None: the driver's defaults, which on Postgres wait forever): ``connect_timeout_s`` bounds opening
+    a connection (and waiting for one from the pool); ``statement_timeout_s`` bounds each statement on Postgres
+    (the server cancels it) and the wait for SQLite's write lock (SQLite has no statement timeout of its own).
     """
     if sqlite_synchronous not in ("normal", "full"):
         raise ValueError(f"sqlite_synchronous must be 'normal' or 'full', got {sqlite_synchronous!r}")
+    for name, value in (("connect_timeout_s", connect_timeout_s), ("statement_timeout_s", statement_timeout_s)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        pool: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            if connect_timeout_s is not None:  # libpq takes whole seconds, and treats 1 as 2
+                connect_args["connect_timeout"] = max(2, math.ceil(connect_timeout_s))
+            if statement_timeout_s is not None:
+                connect_args["options"] = f"-c statement_timeout={math.ceil(statement_timeout_s * 1000)}"
+        if connect_timeout_s is not None:
+            pool["pool_timeout"] = connect_timeout_s
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    busy_timeout = statement_timeout_s if statement_timeout_s is not None else 30
+    engine = sa.create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

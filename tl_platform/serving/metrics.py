@@ -33,7 +33,13 @@ class ServingMetrics:
         self.log_commit_seconds = Histogram("tlp_log_commit_seconds", "Time of one group commit", buckets=LATENCY_BUCKETS, registry=r)
         self.texts_purged = Counter("tlp_log_texts_purged", "Log rows whose text the retention purge removed", registry=r)
         self.text_purges = Counter("tlp_log_text_purges", "Retention purges by outcome (ok, failed)", ["outcome"], registry=r)
-        self.reloads = Counter("tlp_deployment_reloads", "Deployment record reloads by outcome (ok, failed)", ["outcome"], registry=r)
+        self.reloads = Counter("tlp_deployment_reloads", "Deployment record reloads by outcome (ok, failed, challenger_dropped)",
+                               ["outcome"], registry=r)
+        self.deployment_degraded = Gauge(
+            "tlp_deployment_degraded",
+            "1 while the deployment record on disk is not what serves (its last load failed, or its challenger was dropped); alert on it",
+            registry=r,
+        )
         self.model_info = Gauge("tlp_model_info", "1 for each variant and version being served", ["variant", "version", "precision"], registry=r)
 
     def observe_batch(self, stats: BatchStats, seconds: float) -> None:

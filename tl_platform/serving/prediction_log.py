@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from tl_platform.serving import log_readers
+from tl_platform.serving.log_availability import LogUnavailableError
 from tl_platform.serving.log_migrations import MigrationOutcome, migrate_log, require_head
 from tl_platform.serving.log_schema import (
     PROJECTION_COLUMNS,
@@ -155,21 +156,29 @@ class PredictionLog:
         on_commit: Callable[[CommitStats], None] | None = None,
         sqlite_synchronous: str = "normal",
         migrate: bool = True,
+        connect_timeout_s: float | None = None,
+        statement_timeout_s: float | None = None,
     ) -> None:
         self.url = url
         self.table_prefix = table_prefix
-        self.engine = make_engine(url, sqlite_synchronous)
+        self.engine = make_engine(url, sqlite_synchronous, connect_timeout_s, statement_timeout_s)
         tables = log_tables(table_prefix)
         self.metadata, self.predictions, self.feedback = tables.metadata, tables.predictions, tables.feedback
         self.migration: MigrationOutcome | None = None
+        # Migrations run without the statement timeout: an index build on a large log, or waiting for another
+        # replica's migration lock, may rightly take longer than any one request should.
+        schema_engine = make_engine(url, sqlite_synchronous, connect_timeout_s) if self.engine.dialect.name != "sqlite" else self.engine
         try:
             if migrate:
-                self.migration = migrate_log(self.engine, table_prefix)
+                self.migration = migrate_log(schema_engine, table_prefix)
             else:
-                require_head(self.engine, table_prefix)
+                require_head(schema_engine, table_prefix)
         except BaseException:
             self.engine.dispose()
             raise
+        finally:
+            if schema_engine is not self.engine:
+                schema_engine.dispose()
         self.max_rows_per_commit = max_rows_per_commit
         self._on_commit = on_commit
         self._pending: queue.Queue[Any] = queue.Queue()
@@ -200,10 +209,19 @@ class PredictionLog:
         self.engine.dispose()
 
     def submit(self, rows: Sequence[PredictionRow]) -> Future[None]:
-        """Queue rows for the next group commit; the future resolves once they are committed."""
+        """Queue rows for the next group commit; the future resolves once they are committed, or fails with
+        LogUnavailableError (the commit failed, or the writer is not running: nothing would ever commit them)."""
         future: Future[None] = Future()
+        if self._writer is not None and not self._writer.is_alive():
+            future.set_exception(LogUnavailableError("the prediction log's writer thread is not running"))
+            return future
         self._pending.put(([row.to_db() for row in rows], future))
         return future
+
+    def ping(self) -> None:
+        """One trivial query (under the engine's connect and statement timeouts); raises if the backend fails."""
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
 
     def _write_loop(self) -> None:
         while True:
@@ -233,17 +251,24 @@ class PredictionLog:
         try:
             with self.engine.begin() as connection:
                 connection.execute(self.predictions.insert(), rows)
-        except Exception as err:  # every waiting request gets the error and answers 500
+        except Exception as err:
+            # The driver's message can quote the group's rows (other callers' texts): it goes to this log only;
+            # every waiting request gets a generic error and answers 503.
             self.failed_commits += 1
             logger.exception("group commit of %d rows failed", len(rows))
             for _, future in group:
-                future.set_exception(err)
+                unavailable = LogUnavailableError("the prediction log could not commit")
+                unavailable.__cause__ = err
+                future.set_exception(unavailable)
             return
         self.commits += 1
         for _, future in group:
             future.set_result(None)
         if self._on_commit is not None:
-            self._on_commit(CommitStats(len(rows), time.perf_counter() - started))
+            try:
+                self._on_commit(CommitStats(len(rows), time.perf_counter() - started))
+            except Exception:  # a metrics hook must not end the writer (every later request would wait forever)
+                logger.exception("on_commit hook failed after a commit of %d rows", len(rows))
 
     # -- retention -----------------------------------------------------------------------------------------
 

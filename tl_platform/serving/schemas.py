@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
+import functools
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -15,6 +15,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    create_model,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -26,6 +27,15 @@ MAX_ATTRIBUTE_KEY_CHARS = 64
 MAX_ATTRIBUTE_VALUE_CHARS = 256
 ATTRIBUTE_KEY_PATTERN = rf"^[A-Za-z0-9_.-]{{1,{MAX_ATTRIBUTE_KEY_CHARS}}}$"
 _ATTRIBUTE_KEY = re.compile(ATTRIBUTE_KEY_PATTERN)
+# An error response lists at most this many problems and counts the rest, so its size and the time to build it
+# stay bounded whatever the body holds (100,000 wrong-typed items once made an 11 MB answer).
+MAX_REPORTED_ERRORS = 10
+# A business outcome's magnitude: within float's exact integers (2**53 is about 9.007e15), so the stored value
+# is the one sent; larger integers (400 digits) would overflow float altogether.
+OUTCOME_LIMIT = 1e15
+OUTCOME_RANGE = "[-1e15, 1e15]"
+# Rules that refuse a request for its size rather than its content: answered 413, not 422.
+SIZE_RULES = frozenset({"max_texts_per_request", "max_text_chars"})
 
 
 def _unicode(value: str) -> str:
@@ -84,6 +94,49 @@ def _attributes(value: object) -> object:
     return value
 
 
+def _few_unknown_fields(data: object, allowed: frozenset[str]) -> object:
+    """Refuse a body with many unknown fields in one error: pydantic would report each, unbounded in number."""
+    if isinstance(data, dict) and len(data) > len(allowed):
+        unknown = [key for key in data if key not in allowed]
+        if len(unknown) > MAX_REPORTED_ERRORS:
+            raise PydanticCustomError(
+                "extra_forbidden", "{count} unknown fields, e.g. {examples}; allowed: {allowed}",
+                {"count": len(unknown), "examples": ", ".join(_preview(str(k), 20) for k in unknown[:3]),
+                 "allowed": ", ".join(sorted(allowed))},
+            )
+    return data
+
+
+def _outcome_in_range(value: float) -> float:
+    # compared before any float(): a 400-digit integer compares exactly, where float() raises OverflowError
+    if not -OUTCOME_LIMIT <= value <= OUTCOME_LIMIT:  # NaN and infinities fail this too
+        shown = f"an integer of {len(str(abs(value)))} digits" if isinstance(value, int) else repr(value)
+        raise PydanticCustomError("outcome_range", "must be a finite number in {range}, got {value}",
+                                  {"range": OUTCOME_RANGE, "value": shown})
+    return value
+
+
+def _at_most_texts(limit: int) -> Any:
+    def check(value: object) -> object:
+        # before the items are validated: a list of 100,000 wrong-typed items is one error, not 100,000
+        if isinstance(value, list) and len(value) > limit:
+            raise PydanticCustomError("max_texts_per_request", "at most {limit} texts per request, got {count}",
+                                      {"limit": limit, "count": len(value)})
+        return value
+
+    return BeforeValidator(check)
+
+
+def _at_most_chars(limit: int) -> Any:
+    def check(value: object) -> object:
+        if isinstance(value, str) and len(value) > limit:
+            raise PydanticCustomError("max_text_chars", "at most {limit} characters, got {count}",
+                                      {"limit": limit, "count": len(value)})
+        return value
+
+    return BeforeValidator(check)
+
+
 Text = Annotated[StrictStr, AfterValidator(_non_blank)]
 StoredString = Annotated[StrictStr, Field(min_length=1, max_length=256), AfterValidator(_storable)]
 # The typed dict documents the bounds in the OpenAPI schema; _attributes enforces them first, with its messages.
@@ -117,6 +170,11 @@ class PredictRequest(BaseModel):
         ),
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: object) -> object:
+        return _few_unknown_fields(data, frozenset(cls.model_fields))
+
     @model_validator(mode="after")
     def _one_of(self) -> PredictRequest:
         if (self.text is None) == (self.texts is None):
@@ -125,6 +183,25 @@ class PredictRequest(BaseModel):
 
     def all_texts(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
+
+
+@functools.cache
+def bounded_predict_request(max_texts: int, max_text_chars: int | None) -> type[PredictRequest]:
+    """``PredictRequest`` with a server's limits in its schema (and its OpenAPI document): at most ``max_texts``
+    texts, each of at most ``max_text_chars`` characters (None: unbounded here, as with ``on_overlong="truncate"``,
+    where the body limit bounds it and the server cuts the text). Both are checked before the items are, and
+    refused with the rules ``max_texts_per_request`` and ``max_text_chars`` (answered 413)."""
+    item: Any = Text
+    if max_text_chars is not None:
+        item = Annotated[Text, Field(max_length=max_text_chars), _at_most_chars(max_text_chars)]
+    fields: dict[str, Any] = {
+        "text": (item | None, Field(default=None, description="one text to classify")),
+        "texts": (
+            Annotated[list[item], Field(min_length=1, max_length=max_texts), _at_most_texts(max_texts)] | None,
+            Field(default=None, description=f"a batch of 1 to {max_texts} texts to classify"),
+        ),
+    }
+    return create_model("PredictRequest", __base__=PredictRequest, __doc__=PredictRequest.__doc__, **fields)
 
 
 class Prediction(BaseModel):
@@ -153,14 +230,20 @@ class FeedbackRequest(BaseModel):
     )
     item_index: StrictInt = Field(default=0, ge=0, le=9999, description="which text of a batch request")
     label: StoredString | None = Field(default=None, description="the true label (one of the model's labels)")
-    outcome: StrictFloat | StrictInt | None = Field(default=None, description="a business outcome (a finite number)")
+    outcome: Annotated[StrictFloat | StrictInt, AfterValidator(_outcome_in_range)] | None = Field(
+        default=None, description=f"a business outcome: a finite number in {OUTCOME_RANGE}",
+        json_schema_extra={"minimum": -OUTCOME_LIMIT, "maximum": OUTCOME_LIMIT},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: object) -> object:
+        return _few_unknown_fields(data, frozenset(cls.model_fields))
 
     @model_validator(mode="after")
     def _something(self) -> FeedbackRequest:
         if self.label is None and self.outcome is None:
             raise PydanticCustomError("label_or_outcome", "at least one of 'label' or 'outcome' must be given")
-        if self.outcome is not None and not math.isfinite(float(self.outcome)):
-            raise PydanticCustomError("finite", "'outcome' must be a finite number")
         return self
 
 
@@ -190,4 +273,5 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="the first (often only) problem, as a sentence naming field and rule")
-    errors: list[ErrorDetail]
+    errors: list[ErrorDetail] = Field(description=f"the problems found, at most {MAX_REPORTED_ERRORS}")
+    errors_omitted: int = Field(default=0, description="how many further problems were found but not listed")

@@ -46,6 +46,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"days a logged text is kept before it is set to NULL, in [1, 3650] (default {defaults.text_retention_days})",
     )
     parser.add_argument(
+        "--log-start-wait-s", type=float, default=defaults.log_start_wait_s,
+        help="seconds start-up keeps retrying an unreachable prediction log (back-off 0.5 s to 8 s) before giving up",
+    )
+    parser.add_argument("--log-connect-timeout-s", type=float, default=defaults.log_connect_timeout_s,
+                        help="longest wait to open a connection to the prediction log")
+    parser.add_argument("--log-statement-timeout-s", type=float, default=defaults.log_statement_timeout_s,
+                        help="longest one statement of the prediction log may run; a request past it is answered 503")
+    parser.add_argument(
         "--no-migrate", dest="migrate_log", action="store_false",
         help="do not migrate the prediction log's schema at start; refuse to start unless it is already at the head "
         "revision (for replicas when one process, or `python -m tl_platform.serving.log_admin migrate`, migrates)",
@@ -74,6 +82,9 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         text_retention_days=args.text_retention_days,
         migrate_log=args.migrate_log,
         accept_event_time=args.accept_event_time,
+        log_start_wait_s=args.log_start_wait_s,
+        log_connect_timeout_s=args.log_connect_timeout_s,
+        log_statement_timeout_s=args.log_statement_timeout_s,
     )
     return dataclasses.replace(config, bucket_edges=()) if args.no_length_buckets else config
 
@@ -85,13 +96,15 @@ def serve(args: argparse.Namespace) -> int:
     from tl_platform.checkpoints.bundle import BundleError
     from tl_platform.serving.app import create_app
     from tl_platform.serving.deployment import DeploymentRecordError
+    from tl_platform.serving.deployment_watcher import ModelLoadError
+    from tl_platform.serving.log_availability import LogUnavailableError
     from tl_platform.serving.log_migrations import LogSchemaError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
         app = create_app(config)
-    except (ValueError, DeploymentRecordError, BundleError, LogSchemaError) as err:
+    except (ValueError, DeploymentRecordError, BundleError, LogSchemaError, ModelLoadError, LogUnavailableError) as err:
         print(f"tlp serve: {err}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
