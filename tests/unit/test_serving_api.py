@@ -324,6 +324,26 @@ def test_ab_split_routes_units_deterministically(tmp_path: Path, serving_bundles
         assert set(seen.values()) == {"champion", "challenger"}
 
 
+def test_a_request_without_a_unit_is_answered_by_the_champion_or_refused_by_config(
+    tmp_path: Path, serving_bundles: ServingBundles
+) -> None:
+    test_client, deployment = make_client(tmp_path, serving_bundles, challenger_version="2", share=0.9)
+    with test_client:
+        variants = {test_client.post("/predict", json={"text": "fine"}).json()["variant"] for _ in range(20)}
+        assert variants == {"champion"}  # never randomised per request
+    config = ServingConfig(deployment=deployment, log_url=f"sqlite:///{tmp_path / 'log2.db'}", require_unit_id=True)
+    with TestClient(create_app(config)) as strict:
+        refused = strict.post("/predict", json={"text": "fine"})
+        assert refused.status_code == 422
+        error = refused.json()["errors"][0]
+        assert (error["field"], error["rule"]) == ("unit_id", "required_in_experiment")
+        assert "required while experiment" in error["message"]
+        assert strict.post("/predict", json={"text": "fine", "unit_id": "u1"}).status_code == 200
+        write_record(deployment, serving_bundles.exported)  # the split ends: no unit needed
+        strict.app.state.runtime.watcher.check()  # type: ignore[attr-defined]
+        assert strict.post("/predict", json={"text": "fine"}).status_code == 200
+
+
 def test_record_change_swaps_models_and_a_bad_record_keeps_the_old(tmp_path: Path, serving_bundles: ServingBundles) -> None:
     test_client, deployment = make_client(tmp_path, serving_bundles)
     with test_client:

@@ -252,6 +252,10 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
     async def predict(request: Request, background: BackgroundTasks) -> PredictResponse:
         when = event_time(request, config.accept_event_time)
         body = await parse_body(request, predict_request)  # count and (rejecting) length bounded by the schema
+        if config.require_unit_id and body.unit_id is None and (experiment := runtime.service.splitting()) is not None:
+            raise ApiError(422, "unit_id", "required_in_experiment",
+                           f"unit_id: required while experiment {experiment} splits traffic (the server runs with "
+                           "require_unit_id); send the caller's user, session or tenant id")
         texts = body.all_texts()
         truncated = [len(text) > config.max_text_chars for text in texts]  # only with on_overlong="truncate"
         texts = [text[: config.max_text_chars] for text in texts]

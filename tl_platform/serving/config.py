@@ -61,6 +61,10 @@ class ServingConfig:
             ``2025-03-01T12:00:00Z``), used as the row's or the feedback's time, so traffic simulators and replays
             of recorded traffic land in the monitoring windows of their own days. Never on a production replica
             that callers reach directly: they could then write into past windows.
+        require_unit_id: False (default): a request without ``unit_id`` is answered by the champion (never
+            randomised per request: its rows are left out of an experiment's analysis and counted). True
+            (``--require-unit-id``): while the deployment splits units between two models, such a request is
+            refused (422) so that every answer belongs to a unit of the experiment.
         log_connect_timeout_s: longest wait to open a connection to the log (or get one from the pool), in
             [0.1, 600]; Postgres rounds it up to whole seconds (at least 2).
         log_statement_timeout_s: longest one statement of the log may run, in [0.1, 3600]: Postgres cancels it
@@ -93,6 +97,7 @@ class ServingConfig:
     text_purge_interval_s: float = 3600.0
     migrate_log: bool = True
     accept_event_time: bool = False
+    require_unit_id: bool = False
     log_connect_timeout_s: float = 5.0
     log_statement_timeout_s: float = 10.0
     log_start_wait_s: float = 30.0
@@ -151,7 +156,7 @@ class ServingConfig:
                 isinstance(value, int | float) and not isinstance(value, bool) and shortest <= value <= longest,
                 f"ServingConfig.{setting} must be a number of seconds in [{shortest:g}, {longest:g}], got {value!r}",
             )
-        for flag in ("capture_text", "migrate_log", "accept_event_time"):
+        for flag in ("capture_text", "migrate_log", "accept_event_time", "require_unit_id"):
             _require(
                 isinstance(getattr(self, flag), bool),
                 f"ServingConfig.{flag} must be true or false, got {getattr(self, flag)!r}",

@@ -63,6 +63,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="let POST /predict and /feedback set the logged time with an X-Event-Time header (ISO 8601 with a time "
         "zone), for traffic simulators and replays of recorded traffic; without it such requests are refused (400)",
     )
+    parser.add_argument(
+        "--require-unit-id", action="store_true",
+        help="while the deployment splits units between champion and challenger, refuse (422) a request without "
+        "unit_id; without it such a request is answered by the champion and left out of the experiment",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -82,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         text_retention_days=args.text_retention_days,
         migrate_log=args.migrate_log,
         accept_event_time=args.accept_event_time,
+        require_unit_id=args.require_unit_id,
         log_start_wait_s=args.log_start_wait_s,
         log_connect_timeout_s=args.log_connect_timeout_s,
         log_statement_timeout_s=args.log_statement_timeout_s,

@@ -128,15 +128,26 @@ class PredictionService:
             on_outcome=self._shadow_outcome, on_depth=metrics.shadow_queue_depth.set,
         )
 
-    def route(self, unit_id: str) -> Route:
-        """The variant and model that answer this unit, the challenger to shadow-score with, and the split."""
+    def route(self, unit_id: str | None) -> Route:
+        """The variant and model that answer this unit, the challenger to shadow-score with, and the split.
+
+        Without a unit id the champion answers: randomising each request would put one caller in both arms.
+        """
         live = self.watcher.current
         record = live.record
         routing = RoutingContext(record.routing_salt or self.routing_salt, record.challenger_share, record.experiment_id)
-        if record.shadow or live.challenger is None:
+        if record.shadow or live.challenger is None or unit_id is None:
             return Route("champion", live.champion, live.challenger if record.shadow else None, routing)
         variant = assign_variant(routing.salt, unit_id, record.challenger_share)
         return Route(variant, live.challenger if variant == "challenger" else live.champion, None, routing)
+
+    def splitting(self) -> str | None:
+        """The experiment id while the deployment splits units between two models (else None)."""
+        live = self.watcher.current
+        record = live.record
+        if live.challenger is None or record.shadow or record.challenger_share <= 0:
+            return None
+        return record.experiment_id or "(unnamed split)"
 
     async def predict(
         self, texts: Sequence[str], truncated: Sequence[bool], unit_id: str | None,
@@ -146,7 +157,7 @@ class PredictionService:
         with the shadow job to run after the reply, if the deployment shadows."""
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
-        route = self.route(unit_id if unit_id is not None else request_id)
+        route = self.route(unit_id)
         variant, model = route.variant, route.model
         tokens = model.tokenize(texts)
         futures = [self.batcher.submit(model, token.input_ids) for token in tokens]
