@@ -21,7 +21,6 @@ from tl_platform.experiments.ab_stats import (
 )
 
 
-
 def arms_from(seed: int, n_c: int, n_t: int, mean_t: float, sd_t: float) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.normal(10.0, 2.0, n_c), rng.normal(mean_t, sd_t, n_t)

@@ -1,23 +1,27 @@
 """An experiment's sufficient statistics, aggregated in the prediction log's database (SQLAlchemy Core).
 
 The unit of analysis is the unit id: one unit's requests share a user, a device, a habit, so they are not
-independent, and a test that counted requests would understate the variance. Each query therefore first
-groups the experiment's served rows per unit (a GROUP BY subquery: per-unit accuracy = correct labels /
-labelled items of that unit, or the unit's mean ``outcome``), then sums n, sum and sum of squares over units
-per arm. Only those few numbers per arm, day and slice leave the database. Rows without a unit id cannot be
-assigned to one randomised unit: they are excluded and counted (``rows_without_unit``).
+independent, and a test that counted requests would understate the variance. The experiment's served rows
+are therefore grouped per unit in SQL (per-unit accuracy = correct labels / labelled items of that unit, or
+the unit's mean ``outcome``), and only n, sum and sum of squares over units per arm, day and slice leave the
+database. Rows without a unit id cannot be assigned to one randomised unit: they are excluded and counted.
 
-Cumulative statistics per day (for the sequential test) are one query too: a unit's value as of day D is its
-cumulative correct / labelled up to D (window sums over its days), and a unit contributes to day D's sums the
-change of its value since its previous active day (value - previous value, value^2 - previous^2, 1 unit on
-its first day); the running totals of those changes over days are the cumulative n, sum and sum of squares.
+Three statements. (1) The metric: one pass over predictions joined to feedback groups by (variant, unit, UTC
+day, slice values) into a materialised CTE, which both the daily and the per-slice statistics read (a UNION
+ALL), so adding a slice key adds no pass over the log. Cumulative statistics per day (for the sequential test)
+come from it too: a unit's value as of day D is its correct / labelled up to D (window sums over its days);
+on day D it contributes the change of its value since its previous active day (value - previous,
+value^2 - previous^2, and one unit on its first day), and the running totals of those changes over days are
+the cumulative n, sum and sum of squares. (2) Exposure: one pass grouped by unit id gives units per arm (for
+SRM), units seen in both arms, rows without a unit, errors and latency. (3) The p99 latency per arm:
+``percentile_cont(0.99)`` on Postgres; SQLite has no percentile, so the same linear interpolation between the
+two order statistics around rank 0.99 (n - 1), read by ``ORDER BY latency_ms DESC LIMIT 2 OFFSET k`` (SQLite's
+sorter then keeps only the top k + 2 rows, about 1% of the arm).
 
 Days are UTC (Postgres: ``timezone('UTC', ts)``, never the session's zone; SQLite stores UTC text). Slices
 read a key of the ``attributes`` JSON (SQLite ``json_extract``, Postgres ``->>`` on jsonb); rows without the
-key are left out of that slice's statistics. The p99 latency is ``percentile_cont(0.99)`` on Postgres; on
-SQLite, which has no percentile, it is the same linear interpolation between the two order statistics around
-rank 0.99 (n - 1), read by ``ORDER BY latency_ms DESC LIMIT 2 OFFSET k`` (SQLite's sorter keeps only the top
-k + 2 rows, about 1% of the arm).
+key are left out of that slice's statistics. Cost: on 10M rows SQLite sorts by unit (no hash aggregation), so
+an analysis takes tens of seconds on 2 cores; see bench/ab_analysis.py for the figures and the indexes that help.
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def _unit_days(connection: Connection, tables: LogTables, metric: MetricKind,
 
 def _daily_part(connection: Connection, unit_days: sa.CTE, regroup: bool) -> sa.Select[Any]:
     """Per (variant, day): today's unit statistics, new units, and the change of the units' values to date."""
-    u = unit_days
+    u: sa.CTE | sa.Subquery = unit_days
     if regroup:  # slice columns split a unit's day into several rows: add them up again
         u = (sa.select(u.c.variant, u.c.unit_id, u.c.day, sa.func.sum(u.c.num).label("num"),
                        sa.func.sum(u.c.den).label("den"))

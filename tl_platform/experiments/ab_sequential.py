@@ -9,7 +9,7 @@ in from the data), a normal mixture N(0, tau^2) over the true difference gives t
 whose reciprocal, minimised over the looks so far, is an always-valid p-value: the chance that it ever falls
 below alpha, however often one looks, is at most alpha. Inverting it gives a confidence sequence, intersected
 over the looks so it only narrows. A fixed-horizon test looked at daily has no such guarantee (30 looks at
-0.05 reject a true null about a fifth of the time; see tests/unit/test_ab_simulation.py).
+0.05 reject a true null 28% of the time in tests/unit/test_ab_simulation.py).
 
 The mixing variance tau^2 sets which effects the test is quickest to detect. ``mixing_variance`` picks the
 tau^2 that makes the confidence sequence narrowest at the planned sample size: with r = tau^2 / V the squared

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from statsmodels.stats.multitest import multipletests
 
 from tl_platform.experiments.ab_spec import Direction, MetricKind
 from tl_platform.experiments.ab_stats import ArmStats, EffectResult, compare_arms
@@ -27,6 +26,8 @@ MIN_SLICE_UNITS = 30  # per arm; below it a slice is reported as too small, not 
 
 def adjust_p_values(p_values: ArrayLike, method: Correction = "holm") -> NDArray[np.float64]:
     """Adjusted p-values (Holm or Benjamini-Hochberg), in the input order."""
+    from statsmodels.stats.multitest import multipletests  # lazily, as everywhere statsmodels is used here
+
     if method not in CORRECTIONS:
         raise ValueError(f"method: must be one of {list(CORRECTIONS)}, got {method!r}")
     values = np.asarray(p_values, dtype=np.float64)

@@ -18,9 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from statsmodels.stats.power import NormalIndPower
-from statsmodels.stats.proportion import proportion_effectsize
-
 from tl_platform.serving.deployment import ROUTING_FIELD_CHARS
 
 MetricKind = Literal["proportion", "mean"]
@@ -199,6 +196,8 @@ class ExperimentSpec:
 
     def effect_size(self) -> float:
         """Standardised MDE: Cohen's h between the target and the baseline rate, or MDE / baseline_std."""
+        from statsmodels.stats.proportion import proportion_effectsize  # lazily: a second to import
+
         if self.primary.kind == "proportion":
             assert self.primary.baseline is not None
             return abs(float(proportion_effectsize(self._target_rate(), self.primary.baseline)))
@@ -207,6 +206,8 @@ class ExperimentSpec:
 
     def sample_size(self) -> SampleSize:
         """Units per arm for a two-sided test at ``alpha`` to reach ``power`` at the MDE, with the planned split."""
+        from statsmodels.stats.power import NormalIndPower  # lazily: a spec is built where no power is asked
+
         ratio = self.challenger_share / (1.0 - self.challenger_share)  # challenger units per champion unit
         effect = self.effect_size()
         champion = float(NormalIndPower().solve_power(effect_size=effect, alpha=self.alpha, power=self.power,
