@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from tests.tiny_bundles import build_tiny_exported_bundle, build_tiny_task_bundle
 from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
 from tl_platform.serving.log_schema import make_engine
+from tl_platform.serving.prediction_log import PredictionLog
 
 _BUILT: dict[str, ServingBundles] = {}
 
@@ -92,6 +93,15 @@ def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
     prefix = f"t{uuid.uuid4().hex[:10]}_"
     yield POSTGRES_URL, prefix
     drop_log(POSTGRES_URL, prefix)
+
+
+@pytest.fixture
+def started_log(log_url: tuple[str, str]) -> Iterator[PredictionLog]:
+    """A PredictionLog on each backend of ``log_url``, its writer running."""
+    opened = PredictionLog(log_url[0], log_url[1])
+    opened.start()
+    yield opened
+    opened.close()
 
 
 def old_tables(prefix: str) -> sa.MetaData:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.serving_fixtures import log_url
+from tests.serving_fixtures import log_url, started_log
 from tl_platform.experiments.ab_shadow import compare_shadow
 from tl_platform.serving.log_schema import LogTables
 from tl_platform.serving.prediction_log import SERVED, SHADOW, PredictionLog, PredictionRow
 
-__all__ = ["log_url"]
+__all__ = ["log_url", "started_log"]
 DAY = datetime(2026, 4, 1, tzinfo=UTC)
 
 
@@ -28,11 +27,8 @@ def row(request: int, role: str, label: str, latency: float, experiment: str = "
 
 
 @pytest.fixture
-def log(log_url: tuple[str, str]) -> Iterator[PredictionLog]:
-    opened = PredictionLog(log_url[0], log_url[1])
-    opened.start()
-    yield opened
-    opened.close()
+def log(started_log: PredictionLog) -> PredictionLog:
+    return started_log
 
 
 def test_agreement_latency_failures_and_the_most_confident_disagreements(log: PredictionLog) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from tests.serving_fixtures import log_url
+from tests.serving_fixtures import log_url, started_log
 from tl_platform.serving import log_readers
 from tl_platform.serving.log_readers import LABELLED_DTYPES
 from tl_platform.serving.prediction_log import (
@@ -24,7 +23,7 @@ from tl_platform.serving.prediction_log import (
     PredictionRow,
 )
 
-__all__ = ["log_url"]  # the fixture, imported for pytest
+__all__ = ["log_url", "started_log"]  # the fixture, imported for pytest
 DAY = datetime(2025, 3, 1, tzinfo=UTC)
 
 
@@ -39,11 +38,8 @@ def row(request_id: str, ts: datetime, index: int = 0, role: str = SERVED, label
 
 
 @pytest.fixture
-def log(log_url: tuple[str, str]) -> Iterator[PredictionLog]:
-    opened = PredictionLog(log_url[0], log_url[1])
-    opened.start()
-    yield opened
-    opened.close()
+def log(started_log: PredictionLog) -> PredictionLog:
+    return started_log
 
 
 def rid(n: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tl_platform.experiments.ab_decision import ExperimentDecision
 from tl_platform.plotting import pyplot, save_figure
@@ -28,12 +29,8 @@ def plot_daily_effects(decision: ExperimentDecision, path: Path) -> Path:
                         label="cumulative confidence sequence (always valid)")
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_ylabel("challenger - champion")
-    ax.set_title(f"{decision.experiment_id}: {decision.verdict} on {decision.day.isoformat()}", fontsize=9)
-    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    ax.legend(fontsize=7, loc="best", frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    title = f"{decision.experiment_id}: {decision.verdict} on {decision.day.isoformat()}"
+    return _finish(fig, ax, title, "best", path)
 
 
 def plot_sample_progress(decision: ExperimentDecision, path: Path) -> Path:
@@ -47,9 +44,13 @@ def plot_sample_progress(decision: ExperimentDecision, path: Path) -> Path:
         ax.axhline(decision.required_units[arm], color=color, linestyle="--", linewidth=1.0,
                    label=f"{arm} planned {decision.required_units[arm]:,}")
     ax.set_ylabel("units with feedback")
-    ax.set_title(f"{decision.experiment_id}: cumulative sample against the plan", fontsize=9)
+    return _finish(fig, ax, f"{decision.experiment_id}: cumulative sample against the plan", "upper left", path)
+
+
+def _finish(fig: Any, ax: Any, title: str, legend_at: str, path: Path) -> Path:
+    ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    ax.legend(fontsize=7, loc=legend_at, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
