@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -66,6 +67,9 @@ MAIN_CONFIG = {
                                       "min_int8_agreement": 0.97, "max_int8_accuracy_drop_points": 2.0}},
     }
 }
+# 300 users: each sees one model for the experiment; with 1,200 requests over two days about 8 labelled
+# answers each, enough for the planned sample below (about 100 users per arm at an MDE of 0.1)
+AB_UNITS = 300
 HARMFUL_REQUESTS = 450  # measured enough for the retrain to recover (bench/retrain_recovery.py)
 
 
@@ -209,7 +213,7 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
     amazon = _domain("amazon")
     start = first + timedelta(days=5)
     ab_days = [
-        day for offset in range(2) for day in (
+        replace(day, units=AB_UNITS) for offset in range(2) for day in (
             sample_day(start + timedelta(days=offset), held_out, 300, seed=10 + offset, shift=slang,
                        attributes={"domain": "imdb", "register": "slang"}),
             sample_day(start + timedelta(days=offset), amazon, 300, seed=20 + offset,
@@ -225,8 +229,10 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
     # The old model challenges again: no better on standard reviews, much worse on slang, the critical slice.
     again = first + timedelta(days=8)
     rechallenge = [
-        sample_day(again, held_out, 300, seed=30, shift=slang, attributes={"domain": "imdb", "register": "slang"}),
-        sample_day(again, amazon, 300, seed=31, attributes={"domain": "amazon", "register": "standard"}),
+        replace(sample_day(again, held_out, 300, seed=30, shift=slang, attributes={"domain": "imdb", "register": "slang"}),
+                units=AB_UNITS),
+        replace(sample_day(again, amazon, 300, seed=31, attributes={"domain": "amazon", "register": "standard"}),
+                units=AB_UNITS),
     ]
     rolled_back = _experiment(stages, tmp_path, log_url, again, rechallenge, candidate_version="1")
     assert rolled_back["verdict"] == "roll_back", rolled_back["summary"]
@@ -239,7 +245,7 @@ def _experiment(stages: Stages, tmp_path: Path, log_url: str, start: date, days:
                 candidate_version: str) -> dict[str, Any]:
     """Start an experiment on ``start``, replay its days through a fresh server, decide each day; the last decision."""
     config = {"candidate_version": candidate_version, "experiment_id": f"e2e-{start.isoformat()}",
-              "start_day": start.isoformat(), "baseline": 0.8, "mde": 0.05, "min_duration_days": 2,
+              "start_day": start.isoformat(), "baseline": 0.8, "mde": 0.1, "min_duration_days": 2,
               "slices": ["register"], "guardrails": [
                   {"name": "p99_latency", "metric": "p99_latency_ms", "limit": 500.0, "direction": "lower",
                    "comparison": "vs_champion"},

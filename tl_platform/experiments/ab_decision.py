@@ -237,7 +237,15 @@ def decide(spec: ExperimentSpec, aggregates: ExperimentAggregates, started: date
     if days_run >= spec.max_duration_days:
         return verdict("roll_back", f"the maximum duration of {spec.max_duration_days} days passed without a decision; "
                                     + _progress(observed, required))
-    return verdict("keep_running", _progress(observed, required), f"primary: {primary.reason}")
+    sequential = f"; sequential: {last.reason}" if last is not None else ""
+    return verdict("keep_running", _progress(observed, required), _primary_text(primary) + sequential)
+
+
+def _primary_text(result: EffectResult) -> str:
+    if not result.ok:
+        return f"primary: {result.reason}"
+    return (f"primary: {result.test} difference {_fmt(result.difference)} [{_fmt(result.ci_low)}, "
+            f"{_fmt(result.ci_high)}], p {_fmt(result.p_value)}")
 
 
 def _better(result: EffectResult, spec: ExperimentSpec) -> bool:
