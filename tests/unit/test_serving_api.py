@@ -184,7 +184,7 @@ def test_openapi_documents_every_endpoint_and_error_shape(client: TestClient) ->
     body_schema = predict["requestBody"]["content"]["application/json"]["schema"]
     assert set(body_schema["properties"]) == {"text", "texts", "unit_id", "attributes"}
     assert body_schema["additionalProperties"] is False
-    assert set(predict["responses"]) == {"200", "400", "413", "422", "500", "503"}
+    assert set(predict["responses"]) == {"200", "400", "413", "422", "429", "500", "503"}
     assert set(schema["paths"]["/feedback"]["post"]["responses"]) == {"200", "400", "404", "409", "413", "422", "503"}
     assert set(schema["components"]["schemas"]["ErrorResponse"]["properties"]) == {"error", "errors", "errors_omitted"}
     statuses_seen = {(path, status) for _, path, _, status, _, _ in BAD_INPUTS if path in schema["paths"]}

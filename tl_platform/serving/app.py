@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tl_platform.serving.batching import DynamicBatcher
+from tl_platform.serving.admission import InFlightLimit, ShedReason, shed_error
+from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, QueueFullError
 from tl_platform.serving.body_limits import BodyLimitMiddleware, BodyLimits
 from tl_platform.serving.config import ServingConfig
 from tl_platform.serving.deployment_watcher import DeploymentWatcher, LiveDeployment
@@ -39,6 +41,7 @@ from tl_platform.serving.prediction_log import (
     DuplicateFeedbackError,
     FeedbackBeforePredictionError,
     InvalidFeedbackError,
+    LogBacklogError,
     PredictionLog,
     UnknownRequestError,
 )
@@ -132,6 +135,7 @@ class ServingRuntime:
         self.watcher.stop()
         self.batcher.stop()
         self.service.shadow.stop()
+        self.service.close()
         self.log.close()
 
 
@@ -147,6 +151,7 @@ def build_runtime(config: ServingConfig, loader: ModelLoader = load_variant, tab
             config.log_max_rows_per_commit,
             on_commit=metrics.observe_commit,
             sqlite_synchronous=config.sqlite_synchronous,
+            max_pending_rows=config.max_pending_log_rows,
             migrate=config.migrate_log,
             connect_timeout_s=config.log_connect_timeout_s,
             statement_timeout_s=config.log_statement_timeout_s,
@@ -176,6 +181,7 @@ def _wire(config: ServingConfig, loader: ModelLoader, metrics: ServingMetrics, l
     batcher = DynamicBatcher(
         config.max_batch_size, config.max_wait_ms, config.batch_workers, config.bucket_edges,
         on_batch=metrics.observe_batch, on_depth=metrics.queue_depth.set,
+        max_queued_texts=config.max_queued_texts, on_dropped=metrics.texts_dropped.inc,
     )
     service = PredictionService(
         watcher, batcher, log, metrics, config.routing_salt, config.shadow_workers, config.shadow_queue_size,
@@ -244,12 +250,29 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
         return ApiError(503, "prediction_log", "log_available", UNAVAILABLE_MESSAGE,
                         headers={"Retry-After": str(RETRY_AFTER_S)})
 
+    in_flight = InFlightLimit(config.max_in_flight)
+
+    def shed(reason: ShedReason, detail: str = "") -> ApiError:
+        metrics.shed.labels(reason).inc()
+        return shed_error(reason, detail)
+
     @app.post(
-        "/predict", response_model=PredictResponse, responses=_errors(400, 413, 422, 500, 503),
+        "/predict", response_model=PredictResponse, responses=_errors(400, 413, 422, 429, 500, 503),
         openapi_extra={**_body_schema(predict_request), "parameters": [_EVENT_TIME_PARAMETER]},
         summary="Classify one text (text) or a batch (texts); unit_id pins the A/B variant",
     )
     async def predict(request: Request, background: BackgroundTasks) -> PredictResponse:
+        # refused before the body is parsed: a shed request should cost the event loop as little as possible
+        if not in_flight.try_enter():
+            raise shed("in_flight", str(config.max_in_flight))
+        metrics.in_flight.set(in_flight.current)
+        try:
+            return await answer(request, background, time.monotonic() + config.request_timeout_s)
+        finally:
+            in_flight.leave()
+            metrics.in_flight.set(in_flight.current)
+
+    async def answer(request: Request, background: BackgroundTasks, deadline: float) -> PredictResponse:
         when = event_time(request, config.accept_event_time)
         body = await parse_body(request, predict_request)  # count and (rejecting) length bounded by the schema
         if config.require_unit_id and body.unit_id is None and (experiment := runtime.service.splitting()) is not None:
@@ -260,7 +283,14 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
         truncated = [len(text) > config.max_text_chars for text in texts]  # only with on_overlong="truncate"
         texts = [text[: config.max_text_chars] for text in texts]
         try:
-            result, job = await runtime.service.predict(texts, truncated, body.unit_id, body.attributes, when)
+            result, job = await runtime.service.predict(texts, truncated, body.unit_id, body.attributes, when, deadline)
+        except QueueFullError as err:
+            raise shed("queue_full", str(err).removeprefix("batching queue: ")) from err
+        except DeadlineExceededError as err:
+            raise shed("deadline", f"{config.request_timeout_s:g}") from err
+        except LogBacklogError as err:
+            logger.warning("predict: %s", err)
+            raise shed("log_backlog") from err
         except LogUnavailableError as err:
             raise log_unavailable(err, "predict") from err
         except Exception as err:  # 500 with a generic message: the exception's text stays in the server's log

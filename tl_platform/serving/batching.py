@@ -5,6 +5,10 @@ Request handlers submit one tokenised text at a time and get a Future. Worker th
 ``max_wait_ms``; texts of a batch share a bucket, so padding is bounded by the bucket's width. Each future gets
 its own row of the model's output. Items carry their model, so a hot reload needs no draining: texts queued
 for the old model are run on it, new texts on the new one.
+
+Backpressure: the queue holds at most ``max_queued_texts``; a request whose texts do not all fit is refused
+whole (``QueueFullError``) rather than queued without bound. A text whose request gave up (its future
+cancelled) or whose deadline passed before its batch ran is dropped from the batch, not computed.
 """
 
 from __future__ import annotations
@@ -22,6 +26,14 @@ from typing import Protocol
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """The batching queue cannot take a request's texts now: the server is past its capacity."""
+
+
+class DeadlineExceededError(TimeoutError):
+    """A text's request deadline passed before its batch ran; it was dropped unscored."""
 
 
 class BatchModel(Protocol):
@@ -55,6 +67,7 @@ class _Item:
     model: BatchModel
     token_ids: Sequence[int]
     future: Future[ItemOutput]
+    deadline: float | None = None  # time.monotonic() after which the answer is no longer wanted
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -65,7 +78,8 @@ class DynamicBatcher:
     """Length-bucketed dynamic batching over ``workers`` threads.
 
     ``bucket_edges`` are upper token-length bounds; lengths above the last edge share the last bucket.
-    ``on_batch`` is called after every model call (metrics); ``on_depth`` with the queue depth after each change.
+    ``on_batch`` is called after every model call (metrics); ``on_depth`` with the queue depth after each change;
+    ``on_dropped`` with the number of texts dropped unscored (cancelled or past their deadline).
     """
 
     def __init__(
@@ -76,6 +90,8 @@ class DynamicBatcher:
         bucket_edges: Sequence[int] = (),
         on_batch: BatchObserver | None = None,
         on_depth: Callable[[int], None] | None = None,
+        max_queued_texts: int = 1024,
+        on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -83,6 +99,10 @@ class DynamicBatcher:
             raise ValueError(f"max_wait_ms must be at least 0, got {max_wait_ms}")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if max_queued_texts < 1:
+            raise ValueError(f"max_queued_texts must be at least 1, got {max_queued_texts}")
+        self.max_queued_texts = max_queued_texts
+        self._on_dropped = on_dropped
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.bucket_edges = tuple(bucket_edges)
@@ -122,20 +142,34 @@ class DynamicBatcher:
             thread.join(timeout)
         self._threads = []
 
-    def submit(self, model: BatchModel, token_ids: Sequence[int]) -> Future[ItemOutput]:
-        future: Future[ItemOutput] = Future()
-        item = _Item(model, token_ids, future)
-        key = (id(model), self.bucket_of(len(token_ids)))
+    def submit(self, model: BatchModel, token_ids: Sequence[int], deadline: float | None = None) -> Future[ItemOutput]:
+        return self.submit_many(model, [token_ids], deadline)[0]
+
+    def submit_many(
+        self, model: BatchModel, texts: Sequence[Sequence[int]], deadline: float | None = None
+    ) -> list[Future[ItemOutput]]:
+        """Queue one request's texts, all or none: QueueFullError when they do not fit under ``max_queued_texts``.
+
+        ``deadline`` (``time.monotonic()`` seconds): a text still queued after it is dropped with
+        DeadlineExceededError instead of being scored.
+        """
+        items = [_Item(model, ids, Future(), deadline) for ids in texts]
         with self._condition:
             if self._stopping:
                 raise RuntimeError("the batcher is stopped")
-            self._queues.setdefault(key, deque()).append(item)
-            self._depth += 1
+            if self._depth + len(items) > self.max_queued_texts:
+                raise QueueFullError(
+                    f"batching queue: {self._depth} of {self.max_queued_texts} texts queued, no room for {len(items)} more"
+                )
+            for item in items:
+                key = (id(model), self.bucket_of(len(item.token_ids)))
+                self._queues.setdefault(key, deque()).append(item)
+            self._depth += len(items)
             depth = self._depth
-            self._condition.notify()
+            self._condition.notify(len(items))
         if self._on_depth is not None:
             self._on_depth(depth)
-        return future
+        return [item.future for item in items]
 
     def _take(self) -> list[_Item] | None:
         """Block until a batch is due; None when stopping with nothing left."""
@@ -174,7 +208,25 @@ class DynamicBatcher:
                 self._on_depth(self._depth)
             self._run(batch)
 
+    def _live(self, batch: list[_Item]) -> list[_Item]:
+        """The items still wanted: a cancelled future (its request gave up) or a passed deadline drops the text."""
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if not item.future.set_running_or_notify_cancel():
+                continue  # cancelled by its request; marking it running also stops a later cancel racing the result
+            if item.deadline is not None and now > item.deadline:
+                item.future.set_exception(DeadlineExceededError("the request's deadline passed before its batch ran"))
+                continue
+            live.append(item)
+        if len(live) < len(batch) and self._on_dropped is not None:
+            self._on_dropped(len(batch) - len(live))
+        return live
+
     def _run(self, batch: list[_Item]) -> None:
+        batch = self._live(batch)
+        if not batch:
+            return
         token_ids = [item.token_ids for item in batch]
         started = time.perf_counter()
         try:

@@ -70,6 +70,19 @@ class ServingConfig:
         log_statement_timeout_s: longest one statement of the log may run, in [0.1, 3600]: Postgres cancels it
             (``statement_timeout``), SQLite stops waiting for its write lock. A request whose rows cannot commit in
             time is answered 503. Schema migrations at start run without it.
+        max_in_flight: most ``POST /predict`` requests the server works on at once, in [1, 100000]; one more is
+            refused at once with 429 and ``Retry-After``. This is the limit that keeps latency under overload: an
+            accepted request waits behind at most ``max_in_flight`` others. About ``batch_workers x
+            max_batch_size`` keeps accepted latency near the unloaded one; more trades latency for throughput.
+        max_queued_texts: most texts waiting in the batching queue, in [1, 1000000] and at least
+            ``max_texts_per_request``; a request whose texts do not fit is refused whole with 429 and ``Retry-After``.
+        max_pending_log_rows: most rows waiting for the prediction log's group commit, in [1, 10000000] and at
+            least ``max_texts_per_request``; past it a request is answered 503 with ``Retry-After`` (the log is
+            behind) instead of queueing without bound.
+        request_timeout_s: the deadline of one ``POST /predict`` for tokenising, queueing and inference, in
+            [0.01, 600]; past it the request is answered 503 with ``Retry-After`` and its queued texts are dropped
+            unscored. Waiting for the log's commit is bounded by ``log_statement_timeout_s`` instead, so a request
+            whose rows reached the log is answered with them.
         log_start_wait_s: how long start-up keeps retrying an unreachable log backend (back-off from 0.5 s
             doubling to 8 s) before giving up with a message, in [0, 3600]; 0 tries once.
     """
@@ -101,6 +114,10 @@ class ServingConfig:
     log_connect_timeout_s: float = 5.0
     log_statement_timeout_s: float = 10.0
     log_start_wait_s: float = 30.0
+    max_in_flight: int = 64
+    max_queued_texts: int = 4096
+    max_pending_log_rows: int = 100_000
+    request_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment", Path(self.deployment))
@@ -116,6 +133,9 @@ class ServingConfig:
             ("shadow_queue_size", 1, 100_000),
             ("log_max_rows_per_commit", 1, 100_000),
             ("text_retention_days", 1, 3650),
+            ("max_in_flight", 1, 100_000),
+            ("max_queued_texts", 1, 1_000_000),
+            ("max_pending_log_rows", 1, 10_000_000),
         ):
             value = getattr(self, name)
             _require(
@@ -149,12 +169,19 @@ class ServingConfig:
             ("log_connect_timeout_s", 0.1, 600),
             ("log_statement_timeout_s", 0.1, 3600),
             ("log_start_wait_s", 0, 3600),
+            ("request_timeout_s", 0.01, 600),
         )
         for setting, shortest, longest in seconds:
             value = getattr(self, setting)
             _require(
                 isinstance(value, int | float) and not isinstance(value, bool) and shortest <= value <= longest,
                 f"ServingConfig.{setting} must be a number of seconds in [{shortest:g}, {longest:g}], got {value!r}",
+            )
+        for bound in ("max_queued_texts", "max_pending_log_rows"):  # else a full-size request could never be taken
+            _require(
+                getattr(self, bound) >= self.max_texts_per_request,
+                f"ServingConfig.{bound} must be at least max_texts_per_request ({self.max_texts_per_request}), "
+                f"got {getattr(self, bound)}",
             )
         for flag in ("capture_text", "migrate_log", "accept_event_time", "require_unit_id"):
             _require(

@@ -1,7 +1,7 @@
 """The prediction log's monitoring and retraining reads: SQL filters and joins, pandas frames (or counts) out.
 
-Called through ``PredictionLog`` (``labelled_window``, ``served_counts``, ``labels_recorded``); kept here so the
-log's write path stays small. Every bound is half-open, ``start <= ts < end``, and a naive bound is taken to
+Called through ``PredictionLog`` (``feature_frame``, ``labelled_window``, ``served_counts``, ``labels_recorded``,
+``served_row``, ``rows``, ``joined_feedback``); kept here so the log's write path stays small. Every bound is half-open, ``start <= ts < end``, and a naive bound is taken to
 be UTC (the log stores UTC). Plans, checked with EXPLAIN on SQLite and Postgres after ANALYZE
 (tests/unit/test_prediction_log_readers.py): the window and the counts read predictions through
 ``ix_predictions_ts`` or ``ix_predictions_model_version_role_ts`` (a range of ts), never a full scan, and SQLite
@@ -18,11 +18,20 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tl_platform.serving.log_schema import PROJECTION_NAMES
+
 if TYPE_CHECKING:
     import pandas as pd
 
 SERVED = "served"  # PredictionRow.role of the answer a caller got (re-exported as prediction_log.SERVED)
 
+# feature_frame's columns and their pandas dtypes (NULL becomes NaN in the float columns)
+FEATURE_DTYPES: dict[str, str] = {
+    "request_id": "object", "item_index": "int64", "unit_id": "object", "variant": "object",
+    "experiment_id": "object", "routing_salt": "object", "challenger_share": "float64", "label": "object",
+    "confidence": "float64", "latency_ms": "float64", "text_chars": "int64", "token_count": "int64",
+    "unknown_share": "float64", "truncated": "bool", **dict.fromkeys(PROJECTION_NAMES, "float64"), "error": "object",
+}
 # labelled_window's columns and their pandas dtypes. ts and feedback_ts are UTC; attributes holds a dict (None when
 # the request sent none); text is None once purged, or when capture was off.
 LABELLED_DTYPES: dict[str, str] = {
@@ -146,3 +155,80 @@ def labels_recorded(
             counts[day] = counts.get(day, 0) + 1
     return dict(sorted(counts.items()))
 
+
+
+def with_attributes(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A stored row as a dict, its ``attributes`` JSON parsed (None where NULL)."""
+    data = dict(row)
+    data["attributes"] = parse_attributes(data.get("attributes"))
+    return data
+
+
+def feature_query(
+    predictions: sa.Table, model_version: str, start: datetime, end: datetime, role: str = SERVED,
+    include_text: bool = False, include_attributes: bool = False,
+) -> sa.Select[Any]:
+    """The SELECT behind ``feature_frame``: served by the (model_version, ts) index, in time order."""
+    p = predictions
+    names = ["ts", *FEATURE_DTYPES, *(["text"] if include_text else []), *(["attributes"] if include_attributes else [])]
+    return (
+        sa.select(*(p.c[name] for name in names))
+        .where(p.c.model_version == model_version, p.c.ts >= as_utc(start), p.c.ts < as_utc(end), p.c.role == role)
+        .order_by(p.c.ts, p.c.request_id, p.c.item_index)
+    )
+
+
+def feature_frame(
+    engine: Engine, predictions: sa.Table, model_version: str, start: datetime, end: datetime, role: str = SERVED,
+    include_text: bool = False, include_attributes: bool = False,
+) -> pd.DataFrame:
+    """One model version's rows with ``start <= ts < end``: time (UTC), keys, routing and typed features.
+
+    Float columns hold NaN for NULL (a failed scoring, a projection shorter than 8, rows logged before the
+    experiment columns existed). ``include_text`` adds the text (None once purged, or when capture was off);
+    ``include_attributes`` the slice attributes (a dict, or None). A naive ``start`` or ``end`` is taken to
+    be UTC.
+    """
+    import pandas as pd
+
+    query = feature_query(predictions, model_version, start, end, role, include_text, include_attributes)
+    with engine.connect() as connection:
+        result = connection.execute(query)
+        frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    if include_attributes:
+        frame["attributes"] = parse_attributes_column(frame["attributes"])
+    return frame.astype(FEATURE_DTYPES)
+
+
+def served_row(engine: Engine, predictions: sa.Table, request_id: str, item_index: int = 0) -> dict[str, Any] | None:
+    """The served row of one request's text, or None."""
+    p = predictions
+    query = sa.select(p).where(p.c.request_id == request_id, p.c.item_index == item_index, p.c.role == SERVED)
+    with engine.connect() as connection:
+        row = connection.execute(query).mappings().first()
+    return with_attributes(row) if row is not None else None
+
+
+def rows(engine: Engine, predictions: sa.Table, role: str | None = None) -> list[dict[str, Any]]:
+    """Every row (of one role), in time order, ``attributes`` as a dict (tests and small logs)."""
+    query = sa.select(predictions).order_by(predictions.c.ts, predictions.c.item_index)
+    if role is not None:
+        query = query.where(predictions.c.role == role)
+    with engine.connect() as connection:
+        return [with_attributes(r) for r in connection.execute(query).mappings()]
+
+
+def joined_feedback(engine: Engine, predictions: sa.Table, feedback: sa.Table) -> list[dict[str, Any]]:
+    """Served predictions with their feedback (label, outcome) and attributes, for accuracy and business metrics."""
+    p, f = predictions, feedback
+    query = (
+        sa.select(p.c.request_id, p.c.item_index, p.c.variant, p.c.model_version, p.c.experiment_id,
+                  p.c.label.label("predicted"), f.c.label.label("true_label"), f.c.outcome,
+                  f.c.ts.label("feedback_ts"), p.c.attributes)
+        .join(f, sa.and_(p.c.request_id == f.c.request_id, p.c.item_index == f.c.item_index))
+        .where(p.c.role == SERVED)
+        .order_by(f.c.ts)
+    )
+    with engine.connect() as connection:
+        return [with_attributes(r) for r in connection.execute(query).mappings()]

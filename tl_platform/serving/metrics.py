@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from tl_platform.serving.admission import SHED_REASONS
 from tl_platform.serving.batching import BatchStats
 from tl_platform.serving.prediction_log import CommitStats
 
@@ -39,6 +40,17 @@ class ServingMetrics:
             "tlp_deployment_degraded",
             "1 while the deployment record on disk is not what serves (its last load failed, or its challenger was dropped); alert on it",
             registry=r,
+        )
+        self.shed = Counter(
+            "tlp_requests_shed",
+            "Predict requests refused under overload, by reason (in_flight, queue_full: 429; log_backlog, deadline: 503)",
+            ["reason"], registry=r,
+        )
+        for reason in SHED_REASONS:  # every reason exported from the start, so a rate() sees the first one
+            self.shed.labels(reason)
+        self.in_flight = Gauge("tlp_in_flight", "Predict requests being worked on", registry=r)
+        self.texts_dropped = Counter(
+            "tlp_texts_dropped", "Queued texts dropped unscored: their request gave up or passed its deadline", registry=r
         )
         self.model_info = Gauge("tlp_model_info", "1 for each variant and version being served", ["variant", "version", "precision"], registry=r)
 

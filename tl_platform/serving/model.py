@@ -68,6 +68,25 @@ def tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max
     return _with_features(texts, batch["input_ids"], tokenizer.unk_token_id)
 
 
+CHARS_PER_TOKEN_BOUND = 16  # natural text averages 4 to 6 characters a token; 16 leaves a wide margin
+_WORD_BREAKS = (" ", "\n", "\t", "\r")
+
+
+def word_prefix(text: str, max_chars: int) -> str | None:
+    """``text`` cut at the last whitespace at or before ``max_chars``, or None when it needs no cut (or has no
+    whitespace there to cut at).
+
+    Cut before a whitespace, the prefix splits into the same words as the start of the whole text (the
+    tokenizers' normalisers are per character, their pre-tokenisers split at whitespace), so its tokens are
+    the first tokens of the whole text's.
+    """
+    if len(text) <= max_chars:
+        return None
+    head = text[: max_chars + 1]
+    cut = max(head.rfind(brk) for brk in _WORD_BREAKS)
+    return text[:cut] if cut > 0 else None
+
+
 def _with_features(texts: Sequence[str], token_ids: Sequence[Sequence[int]], unk_id: int | None) -> list[TokenizedText]:
     result = []
     for text, ids in zip(texts, token_ids, strict=True):
@@ -84,12 +103,20 @@ class ServingTokenizer:
     on every call, which costs more than the encoding of a short text and is not safe from two threads at once
     ("Already borrowed"). Tests hold the ids equal to the wrapper's on arbitrary text. A slow tokenizer goes
     through the wrapper under a lock.
+
+    A text over ``max_length * CHARS_PER_TOKEN_BOUND`` characters is first cut at a word break below that bound
+    (``word_prefix``), so a 10,000-character text is not tokenised whole to keep its first 128 tokens. When the
+    cut text still fills ``max_length`` its ids are those of the whole text; when it does not (a text of very
+    long words or runs of whitespace), the whole text is tokenised. Left truncation keeps the end of a text and
+    is never cut. ``chars`` stays the whole text's length.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         from tokenizers import Tokenizer
 
         self.max_length = max_length
+        side = str(getattr(tokenizer, "truncation_side", "right"))
+        self.max_chars: int | None = max_length * CHARS_PER_TOKEN_BOUND if side == "right" else None
         self._wrapper = tokenizer
         self._unk_id = tokenizer.unk_token_id
         self._lock = threading.Lock()
@@ -102,6 +129,19 @@ class ServingTokenizer:
             self._backend = own
 
     def __call__(self, texts: Sequence[str]) -> list[TokenizedText]:
+        cuts = [word_prefix(text, self.max_chars) for text in texts] if self.max_chars is not None else []
+        if not any(cut is not None for cut in cuts):
+            return self._ids(texts)
+        cut_texts = [text if cut is None else cut for text, cut in zip(texts, cuts, strict=True)]
+        ids = [tokens.input_ids for tokens in self._ids(cut_texts)]
+        # a cut text that no longer fills max_length may lose tokens the whole text has: tokenise those whole
+        short = [i for i, cut in enumerate(cuts) if cut is not None and len(ids[i]) < self.max_length]
+        if short:
+            for i, tokens in zip(short, self._ids([texts[i] for i in short]), strict=True):
+                ids[i] = tokens.input_ids
+        return _with_features(texts, ids, self._unk_id)
+
+    def _ids(self, texts: Sequence[str]) -> list[TokenizedText]:
         if self._backend is None:
             with self._lock:
                 return tokenize_texts(self._wrapper, texts, self.max_length)

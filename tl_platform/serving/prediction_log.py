@@ -6,7 +6,9 @@ from Alembic revisions (``log_migrations``): opening a log migrates it to head u
 ``migrate=False`` (a ``--no-migrate`` replica), refuses a schema that is not at head. Writes of predictions go
 through a single writer thread that group-commits: it takes every pending row from concurrent requests,
 commits them in one transaction, then resolves their futures. Requests reply only after their future resolves,
-so an answered request is on disk even if the process is killed right after.
+so an answered request is on disk even if the process is killed right after. The pending queue is bounded
+(``max_pending_rows``): past it a submit fails at once with ``LogBacklogError`` (the API answers 503 with
+Retry-After) instead of queueing without bound behind a slow backend.
 
 Each row carries what monitoring, experiments and retraining read: the text (NULL when capture is off, or
 after ``purge_texts`` passed its retention), typed features (length, tokens, unknown share, truncation,
@@ -50,13 +52,11 @@ logger = logging.getLogger(__name__)
 SERVED = log_readers.SERVED  # "served": the answer the caller got
 SHADOW = "shadow"
 _NO_PROJECTION: tuple[None, ...] = (None,) * PROJECTION_COLUMNS
-# feature_frame's columns and their pandas dtypes (NULL becomes NaN in the float columns)
-FEATURE_DTYPES: dict[str, str] = {
-    "request_id": "object", "item_index": "int64", "unit_id": "object", "variant": "object",
-    "experiment_id": "object", "routing_salt": "object", "challenger_share": "float64", "label": "object",
-    "confidence": "float64", "latency_ms": "float64", "text_chars": "int64", "token_count": "int64",
-    "unknown_share": "float64", "truncated": "bool", **dict.fromkeys(PROJECTION_NAMES, "float64"), "error": "object",
-}
+FEATURE_DTYPES = log_readers.FEATURE_DTYPES  # feature_frame's columns and their pandas dtypes
+
+
+class LogBacklogError(RuntimeError):
+    """The log's pending queue is full (the backend commits slower than requests arrive); nothing was queued."""
 
 
 class UnknownRequestError(LookupError):
@@ -135,12 +135,6 @@ _STOP = object()
 _utc = log_readers.as_utc  # a naive time is taken to be UTC already (the log stores UTC)
 
 
-def _with_attributes(row: Mapping[Any, Any]) -> dict[str, Any]:
-    data = dict(row)
-    data["attributes"] = log_readers.parse_attributes(data.get("attributes"))
-    return data
-
-
 class PredictionLog:
     """Group-committed prediction rows, feedback joined by request id, on SQLite or Postgres.
 
@@ -158,7 +152,10 @@ class PredictionLog:
         migrate: bool = True,
         connect_timeout_s: float | None = None,
         statement_timeout_s: float | None = None,
+        max_pending_rows: int = 100_000,
     ) -> None:
+        if max_pending_rows < 1:
+            raise ValueError(f"max_pending_rows must be at least 1, got {max_pending_rows}")
         self.url = url
         self.table_prefix = table_prefix
         self.engine = make_engine(url, sqlite_synchronous, connect_timeout_s, statement_timeout_s)
@@ -182,6 +179,9 @@ class PredictionLog:
         self.max_rows_per_commit = max_rows_per_commit
         self._on_commit = on_commit
         self._pending: queue.Queue[Any] = queue.Queue()
+        self.max_pending_rows = max_pending_rows
+        self._pending_rows = 0  # rows queued and not yet taken by the writer
+        self._pending_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self.commits = 0
         self.failed_commits = 0
@@ -210,13 +210,32 @@ class PredictionLog:
 
     def submit(self, rows: Sequence[PredictionRow]) -> Future[None]:
         """Queue rows for the next group commit; the future resolves once they are committed, or fails with
-        LogUnavailableError (the commit failed, or the writer is not running: nothing would ever commit them)."""
+        LogUnavailableError (the commit failed, or the writer is not running: nothing would ever commit them), or
+        at once with LogBacklogError when ``max_pending_rows`` are already waiting (the rows are not queued)."""
         future: Future[None] = Future()
         if self._writer is not None and not self._writer.is_alive():
             future.set_exception(LogUnavailableError("the prediction log's writer thread is not running"))
             return future
-        self._pending.put(([row.to_db() for row in rows], future))
+        payload = [row.to_db() for row in rows]  # before counting: a row that fails to convert is never queued
+        with self._pending_lock:
+            if self._pending_rows + len(rows) > self.max_pending_rows:
+                future.set_exception(LogBacklogError(
+                    f"prediction log: {self._pending_rows} of {self.max_pending_rows} rows wait for a commit, "
+                    f"no room for {len(rows)} more"
+                ))
+                return future
+            self._pending_rows += len(rows)
+        self._pending.put((payload, future))
         return future
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    def _taken(self, entry: tuple[list[dict[str, Any]], Future[None]]) -> tuple[list[dict[str, Any]], Future[None]]:
+        with self._pending_lock:
+            self._pending_rows -= len(entry[0])
+        return entry
 
     def ping(self) -> None:
         """One trivial query (under the engine's connect and statement timeouts); raises if the backend fails."""
@@ -228,7 +247,7 @@ class PredictionLog:
             first = self._pending.get()
             if first is _STOP:
                 return
-            group = [first]
+            group = [self._taken(first)]
             rows = len(first[0])
             stop_after = False
             while rows < self.max_rows_per_commit:
@@ -239,7 +258,7 @@ class PredictionLog:
                 if entry is _STOP:
                     stop_after = True
                     break
-                group.append(entry)
+                group.append(self._taken(entry))
                 rows += len(entry[0])
             self._commit(group)
             if stop_after:
@@ -342,35 +361,16 @@ class PredictionLog:
         include_attributes: bool = False,
     ) -> sa.Select[Any]:
         """The SELECT behind ``feature_frame``: served by the (model_version, ts) index, in time order."""
-        p = self.predictions
-        names = ["ts", *FEATURE_DTYPES, *(["text"] if include_text else []), *(["attributes"] if include_attributes else [])]
-        return (
-            sa.select(*(p.c[name] for name in names))
-            .where(p.c.model_version == model_version, p.c.ts >= _utc(start), p.c.ts < _utc(end), p.c.role == role)
-            .order_by(p.c.ts, p.c.request_id, p.c.item_index)
-        )
+        return log_readers.feature_query(self.predictions, model_version, start, end, role, include_text,
+                                         include_attributes)
 
     def feature_frame(
         self, model_version: str, start: datetime, end: datetime, role: str = SERVED, include_text: bool = False,
         include_attributes: bool = False,
     ) -> pd.DataFrame:
-        """One model version's rows with ``start <= ts < end``: time (UTC), keys, routing and typed features.
-
-        Float columns hold NaN for NULL (a failed scoring, a projection shorter than 8, rows logged before the
-        experiment columns existed). ``include_text`` adds the text (None once purged, or when capture was off);
-        ``include_attributes`` the slice attributes (a dict, or None). A naive ``start`` or ``end`` is taken to
-        be UTC.
-        """
-        import pandas as pd
-
-        query = self.feature_query(model_version, start, end, role, include_text, include_attributes)
-        with self.engine.connect() as connection:
-            result = connection.execute(query)
-            frame = pd.DataFrame.from_records(result.all(), columns=list(result.keys()))
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-        if include_attributes:
-            frame["attributes"] = log_readers.parse_attributes_column(frame["attributes"])
-        return frame.astype(FEATURE_DTYPES)
+        """One model version's rows with ``start <= ts < end``; see ``log_readers.feature_frame``."""
+        return log_readers.feature_frame(self.engine, self.predictions, model_version, start, end, role, include_text,
+                                         include_attributes)
 
     def labelled_window(
         self, start: datetime, end: datetime, feedback_before: datetime | None = None, model_version: str | None = None
@@ -389,36 +389,15 @@ class PredictionLog:
         return log_readers.labels_recorded(self.engine, self.predictions, self.feedback, since, until)
 
     def served_row(self, request_id: str, item_index: int = 0) -> dict[str, Any] | None:
-        query = sa.select(self.predictions).where(
-            self.predictions.c.request_id == request_id,
-            self.predictions.c.item_index == item_index,
-            self.predictions.c.role == SERVED,
-        )
-        with self.engine.connect() as connection:
-            row = connection.execute(query).mappings().first()
-        return _with_attributes(row) if row is not None else None
+        return log_readers.served_row(self.engine, self.predictions, request_id, item_index)
 
     def rows(self, role: str | None = None) -> list[dict[str, Any]]:
         """Every row (of one role), in time order, ``attributes`` as a dict (tests and small logs)."""
-        query = sa.select(self.predictions).order_by(self.predictions.c.ts, self.predictions.c.item_index)
-        if role is not None:
-            query = query.where(self.predictions.c.role == role)
-        with self.engine.connect() as connection:
-            return [_with_attributes(r) for r in connection.execute(query).mappings()]
+        return log_readers.rows(self.engine, self.predictions, role)
 
     def joined_feedback(self) -> list[dict[str, Any]]:
         """Served predictions with their feedback (label, outcome) and attributes, for accuracy and business metrics."""
-        p, f = self.predictions, self.feedback
-        query = (
-            sa.select(p.c.request_id, p.c.item_index, p.c.variant, p.c.model_version, p.c.experiment_id,
-                      p.c.label.label("predicted"), f.c.label.label("true_label"), f.c.outcome,
-                      f.c.ts.label("feedback_ts"), p.c.attributes)
-            .join(f, sa.and_(p.c.request_id == f.c.request_id, p.c.item_index == f.c.item_index))
-            .where(p.c.role == SERVED)
-            .order_by(f.c.ts)
-        )
-        with self.engine.connect() as connection:
-            return [_with_attributes(r) for r in connection.execute(query).mappings()]
+        return log_readers.joined_feedback(self.engine, self.predictions, self.feedback)
 
     def drop_tables(self) -> None:
         """Drop the log's tables and its version table (tests, and tearing down a scratch log)."""

@@ -53,6 +53,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest wait to open a connection to the prediction log")
     parser.add_argument("--log-statement-timeout-s", type=float, default=defaults.log_statement_timeout_s,
                         help="longest one statement of the prediction log may run; a request past it is answered 503")
+    load = parser.add_argument_group(
+        "backpressure",
+        "Under overload the server refuses what it cannot answer in time, with Retry-After, instead of queueing "
+        "without bound: 429 past --max-in-flight or a full batching queue, 503 past the deadline or a full log queue.",
+    )
+    load.add_argument("--max-in-flight", type=int, default=defaults.max_in_flight,
+                      help="most predict requests worked on at once; one more gets 429 at once")
+    load.add_argument("--max-queued-texts", type=int, default=defaults.max_queued_texts,
+                      help="most texts waiting for a batch; a request that does not fit gets 429")
+    load.add_argument("--max-pending-log-rows", type=int, default=defaults.max_pending_log_rows,
+                      help="most rows waiting for the log's commit; past it a request gets 503")
+    load.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s,
+                      help="deadline for tokenising, queueing and inference of a request; past it 503, texts dropped")
     parser.add_argument(
         "--no-migrate", dest="migrate_log", action="store_false",
         help="do not migrate the prediction log's schema at start; refuse to start unless it is already at the head "
@@ -91,6 +104,10 @@ def config_from_args(args: argparse.Namespace) -> ServingConfig:
         log_start_wait_s=args.log_start_wait_s,
         log_connect_timeout_s=args.log_connect_timeout_s,
         log_statement_timeout_s=args.log_statement_timeout_s,
+        max_in_flight=args.max_in_flight,
+        max_queued_texts=args.max_queued_texts,
+        max_pending_log_rows=args.max_pending_log_rows,
+        request_timeout_s=args.request_timeout_s,
     )
     return dataclasses.replace(config, bucket_edges=()) if args.no_length_buckets else config
 

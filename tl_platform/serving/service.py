@@ -1,6 +1,10 @@
 """One prediction request, start to finish: route, tokenise, batch, score, log (group commit), queue the shadow.
 
-Kept free of HTTP so it can be driven directly; ``app.py`` maps its results and errors to responses.
+Kept free of HTTP so it can be driven directly; ``app.py`` maps its results and errors to responses. Load is
+shed by raising: ``QueueFullError`` (the batching queue), ``DeadlineExceededError`` (tokenising, queueing and
+inference took past the request's deadline; its queued texts are dropped unscored), ``LogBacklogError`` (the
+log's pending queue). Tokenising a request of more than ``INLINE_TOKENIZE_CHARS`` characters runs on a thread
+pool, so a request of long texts does not stall the event loop (every other request, ``/healthz`` included).
 """
 
 from __future__ import annotations
@@ -9,18 +13,22 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
-from tl_platform.serving.batching import DynamicBatcher, ItemOutput
+from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, ItemOutput
 from tl_platform.serving.deployment_watcher import DeploymentWatcher
 from tl_platform.serving.metrics import ServingMetrics
 from tl_platform.serving.model import ServingModel, TokenizedText, softmax
 from tl_platform.serving.prediction_log import SERVED, SHADOW, PredictionLog, PredictionRow
 from tl_platform.serving.routing import RoutingContext, Variant, assign_variant
 from tl_platform.serving.shadow import ShadowJob, ShadowScorer
+
+INLINE_TOKENIZE_CHARS = 2000  # below this, tokenising (tens of microseconds) costs less than a hop to a thread
+TOKENIZE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,7 @@ class PredictionService:
         self.metrics = metrics
         self.routing_salt = routing_salt  # the default; a deployment record's own routing_salt takes precedence
         self.capture_text = capture_text
+        self._tokenize_pool = ThreadPoolExecutor(TOKENIZE_THREADS, thread_name_prefix="tlp-tokenize")
         self.shadow = ShadowScorer(
             self._score_shadow, shadow_workers, shadow_queue_size,
             on_outcome=self._shadow_outcome, on_depth=metrics.shadow_queue_depth.set,
@@ -149,23 +158,52 @@ class PredictionService:
             return None
         return record.experiment_id or "(unnamed split)"
 
+    def close(self) -> None:
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _tokenize(self, model: ServingModel, texts: Sequence[str]) -> list[TokenizedText]:
+        if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
+            return model.tokenize(texts)
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, model.tokenize, texts)
+
+    async def _infer(self, model: ServingModel, texts: Sequence[str], deadline: float | None) -> tuple[
+            list[TokenizedText], list[ItemOutput]]:
+        tokens = await self._tokenize(model, texts)
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceededError("the request's deadline passed while its texts were tokenised")
+        futures = self.batcher.submit_many(model, [token.input_ids for token in tokens], deadline)  # or QueueFullError
+        try:
+            if len(futures) == 1:  # the common case, without gather's bookkeeping
+                return tokens, [await asyncio.wrap_future(futures[0])]
+            return tokens, list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        except BaseException:
+            for future in futures:  # a queued text of a failed or cancelled request is dropped, not scored
+                future.cancel()
+            raise
+
     async def predict(
         self, texts: Sequence[str], truncated: Sequence[bool], unit_id: str | None,
-        attributes: Mapping[str, str] | None = None, event_time: datetime | None = None,
+        attributes: Mapping[str, str] | None = None, event_time: datetime | None = None, deadline: float | None = None,
     ) -> tuple[PredictResult, ShadowJob | None]:
         """Score, log (served rows, carrying ``attributes`` and timed ``event_time`` or now) and return the answer
-        with the shadow job to run after the reply, if the deployment shadows."""
+        with the shadow job to run after the reply, if the deployment shadows.
+
+        ``deadline`` (``time.monotonic()`` seconds) bounds tokenising, queueing and inference: past it,
+        DeadlineExceededError. Once scored, the request waits for its rows' commit (bounded by the log's statement
+        timeout), so a request whose rows are logged is answered.
+        """
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
         route = self.route(unit_id)
         variant, model = route.variant, route.model
-        tokens = model.tokenize(texts)
-        futures = [self.batcher.submit(model, token.input_ids) for token in tokens]
-        outputs: list[ItemOutput]
-        if len(futures) == 1:  # the common case, without gather's bookkeeping
-            outputs = [await asyncio.wrap_future(futures[0])]
+        if deadline is None:
+            tokens, outputs = await self._infer(model, texts, None)
         else:
-            outputs = list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+            try:
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    tokens, outputs = await self._infer(model, texts, deadline)
+            except TimeoutError as err:
+                raise DeadlineExceededError("the request's deadline passed before it was scored") from err
         scored, projection = score_rows(
             model, tokens, np.stack([o.logits for o in outputs]), np.stack([o.embedding for o in outputs])
         )
