@@ -67,8 +67,8 @@ MAIN_CONFIG = {
                                       "min_int8_agreement": 0.97, "max_int8_accuracy_drop_points": 2.0}},
     }
 }
-# 300 users: each sees one model for the experiment; with 1,200 requests over two days about 8 labelled
-# answers each, enough for the planned sample below (about 100 users per arm at an MDE of 0.1)
+# 300 users, each on one model for the experiment; 1,200 requests over two days give about 8 labelled answers
+# each and about 150 users per arm, past the planned sample (an MDE of 0.15 from 0.8 needs 70 per arm)
 AB_UNITS = 300
 HARMFUL_REQUESTS = 450  # measured enough for the retrain to recover (bench/retrain_recovery.py)
 
@@ -186,8 +186,9 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
         # One of the 198 old test sentences is half a point: measured with the noisy-channel shift, the retrain
         # lost 0 to 2 of them from run to run, so the default 1-point guard would make this test a coin toss;
         # 2 points still fails the forgetting measured at the recipe's rate (1.5 to 3.5, bench/retrain_recovery.py).
-        # 5 epochs, not the recipe's 8 with patience 4: this test is about the loop, and CI's budget
-        run_config={**IN_PROCESS, "ops": {"retrained_model": {"config": {"max_forgetting_points": 2.0, "epochs": 5}},
+        # Fresh data from the window's day alone (the slang traffic), as bench/retrain_recovery.py measured it:
+        # with the benign days' yelp rows mixed in, a retrain gained under 2 points on held-out slang.
+        run_config={**IN_PROCESS, "ops": {"retrained_model": {"config": {"max_forgetting_points": 2.0, "fresh_days": 1}},
                                           "candidate_model": MAIN_CONFIG["ops"]["exported_model"]}},
     )
     assert retrain.success
@@ -206,7 +207,7 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
     assert tags["tlp.parent_version"] == "1"
     assert "breach" in tags["tlp.canary_summary"] or "below" in tags["tlp.canary_summary"]
 
-    # The candidate against the champion, over HTTP: slang and standard reviews from 300 users.
+    # The candidate against the champion, over HTTP: after the shift two reviews in three are in slang.
     held_out = LabelledDataset(
         texts=imdb_rows.validation.texts + imdb_rows.test.texts, labels=imdb_rows.validation.labels + imdb_rows.test.labels,
         schema=imdb_rows.test.schema, source="imdb held out", rows_read=0, duplicates=imdb_rows.test.duplicates)
@@ -214,9 +215,9 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
     start = first + timedelta(days=5)
     ab_days = [
         replace(day, units=AB_UNITS) for offset in range(2) for day in (
-            sample_day(start + timedelta(days=offset), held_out, 300, seed=10 + offset, shift=slang,
+            sample_day(start + timedelta(days=offset), held_out, 400, seed=10 + offset, shift=slang,
                        attributes={"domain": "imdb", "register": "slang"}),
-            sample_day(start + timedelta(days=offset), amazon, 300, seed=20 + offset,
+            sample_day(start + timedelta(days=offset), amazon, 200, seed=20 + offset,
                        attributes={"domain": "amazon", "register": "standard"}),
         )
     ]
@@ -229,9 +230,9 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
     # The old model challenges again: no better on standard reviews, much worse on slang, the critical slice.
     again = first + timedelta(days=8)
     rechallenge = [
-        replace(sample_day(again, held_out, 300, seed=30, shift=slang, attributes={"domain": "imdb", "register": "slang"}),
+        replace(sample_day(again, held_out, 400, seed=30, shift=slang, attributes={"domain": "imdb", "register": "slang"}),
                 units=AB_UNITS),
-        replace(sample_day(again, amazon, 300, seed=31, attributes={"domain": "amazon", "register": "standard"}),
+        replace(sample_day(again, amazon, 200, seed=31, attributes={"domain": "amazon", "register": "standard"}),
                 units=AB_UNITS),
     ]
     rolled_back = _experiment(stages, tmp_path, log_url, again, rechallenge, candidate_version="1")
@@ -245,7 +246,7 @@ def _experiment(stages: Stages, tmp_path: Path, log_url: str, start: date, days:
                 candidate_version: str) -> dict[str, Any]:
     """Start an experiment on ``start``, replay its days through a fresh server, decide each day; the last decision."""
     config = {"candidate_version": candidate_version, "experiment_id": f"e2e-{start.isoformat()}",
-              "start_day": start.isoformat(), "baseline": 0.8, "mde": 0.1, "min_duration_days": 2,
+              "start_day": start.isoformat(), "baseline": 0.8, "mde": 0.15, "min_duration_days": 2,
               "slices": ["register"], "guardrails": [
                   {"name": "p99_latency", "metric": "p99_latency_ms", "limit": 500.0, "direction": "lower",
                    "comparison": "vs_champion"},
