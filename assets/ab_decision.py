@@ -11,7 +11,7 @@ from pydantic import Field
 from assets.ab_records import ExperimentRecord, experiment_for_day, record_verdict
 from assets.exported_model import SERVING_MODEL_NAME
 from assets.monitoring_partitions import MONITOR_PARTITIONS, day_bounds
-from assets.serving_state import serving_precision, variant_of, write_split
+from assets.serving_state import served_variant, write_split
 from assets.stage_records import content_version, png_markdown
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
@@ -46,14 +46,13 @@ def _act(decision: ExperimentDecision, record: ExperimentRecord, mlflow: MlflowT
     invalid): the candidate is retired and every unit goes back to the champion."""
     spec, reason = record.spec, decision.summary()
     registry = MlflowRegistry(mlflow.settings())
-    precision = serving_precision(target)
     with mlflow.retry_when_unavailable():
         old, new = _version(mlflow, record.champion_version), _version(mlflow, record.challenger_version)
         if decision.verdict == "ship":
             moved = promote(registry, SERVING_MODEL_NAME, new.version, "champion", reason, actor).to_json()
             holdout = spec.holdout_share > 0
             serving = DeploymentRecord(
-                champion=variant_of(new, precision), challenger=variant_of(old, precision) if holdout else None,
+                champion=served_variant(new), challenger=served_variant(old) if holdout else None,
                 challenger_share=spec.holdout_share if holdout else 0.0,
                 experiment_id=f"{spec.experiment_id}-holdout"[:128] if holdout else None,
                 routing_salt=spec.routing_salt if holdout else None,
@@ -61,7 +60,7 @@ def _act(decision: ExperimentDecision, record: ExperimentRecord, mlflow: MlflowT
         else:
             moved = {"retired": record.challenger_version,
                      "alias_moved": retire(registry, SERVING_MODEL_NAME, new.version, reason, actor)}
-            serving = DeploymentRecord(champion=variant_of(old, precision))
+            serving = DeploymentRecord(champion=served_variant(old))
     path = write_deployment_record(target.path(), serving)
     return {"registry": moved, "record": str(path), "serving_state": serving.to_json()}
 

@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.exported_model import SERVING_MODEL_NAME
-from assets.serving_state import variant_of
+from assets.serving_state import served_variant
 from assets.stage_records import content_version
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
@@ -21,7 +21,11 @@ from tl_platform.tracking.mlflow_tracker import MlflowRegistry, version_by_alias
 class DeploymentConfig(dg.Config):
     challenger_share: float = Field(default=0.0, description="share of units routed to the challenger, in [0, 1]")
     shadow: bool = Field(default=False, description="the challenger scores every request silently")
-    precision: str = Field(default="int8", description="int8 or fp32: which ONNX graph of each bundle serves")
+    precision: str = Field(
+        default="auto",
+        description="auto (each bundle in the precision its export chose: int8 where INT8 passed its gate, else "
+        "fp32), fp32 for both, or int8 for both (refused for a bundle whose INT8 failed its gate)",
+    )
 
 
 @dg.asset(group_name="serving", kinds={"mlflow"}, deps=["exported_model"], code_version="2", pool="model_registry")
@@ -35,7 +39,8 @@ def deployment(
     """What the serving API serves, written to the one record the server watches.
 
     Resolves the registry aliases ``champion`` and ``challenger`` of the serving model to their exported
-    bundles and records them, with their manifest digests, the traffic split and shadow mode. It moves an
+    bundles and records them, with their manifest digests, the precision each serves in (by default the one
+    its export chose: FP32 where INT8 failed its gate), the traffic split and shadow mode. It moves an
     alias only to bootstrap: a registry without a champion gets the export this run's lineage names as its
     first champion. Later exports wait as candidates until promotion (an A/B decision or `tlp promote`).
     Re-materialising this asset after an alias moved hot-swaps the server, with no failed request.
@@ -58,8 +63,8 @@ def deployment(
             "first (`tlp promote VERSION --alias challenger --reason ...`)"
         )
     record = DeploymentRecord(
-        champion=variant_of(champion, config.precision),
-        challenger=variant_of(challenger, config.precision) if challenger is not None else None,
+        champion=served_variant(champion, config.precision),
+        challenger=served_variant(challenger, config.precision) if challenger is not None else None,
         challenger_share=config.challenger_share,
         shadow=config.shadow,
     )
@@ -79,6 +84,8 @@ def deployment(
             "challenger_share": record.challenger_share,
             "shadow": record.shadow,
             "precision": config.precision,
+            "champion_precision": record.champion.precision,
+            "challenger_precision": record.challenger.precision if record.challenger is not None else "none",
             "serving_state": dg.MetadataValue.json(record.to_json()),
         },
         # what serves (versions and bundle digests, split, shadow), not when the record was written

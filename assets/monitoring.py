@@ -18,6 +18,7 @@ from resources.prediction_log import PredictionLogSource
 from resources.stage_store import StageStore
 from tl_platform.data import DatasetSource, LabelSchema, load_labelled_text
 from tl_platform.export.monitoring_reference import load_reference
+from tl_platform.export.precision import recorded_precision
 from tl_platform.monitoring.canary import CanaryConfig, score_canary, window_bounds
 from tl_platform.monitoring.canary_file import SOURCE_KEY, score_labelled_file
 from tl_platform.monitoring.drift import DriftThresholds, detect_drift
@@ -191,7 +192,8 @@ def canary_accuracy(
     slice_keys = tuple(config.slice_keys)
     if config.labelled_file:
         live = max(served, key=lambda v: served[v]) if served else champion_version(mlflow)
-        model = load_variant(VariantSpec(version=live, bundle=exported_bundle_of(mlflow, live), precision="int8"))
+        bundle = exported_bundle_of(mlflow, live)  # scored as it serves: INT8, or FP32 where INT8 failed its gate
+        model = load_variant(VariantSpec(version=live, bundle=bundle, precision=recorded_precision(bundle)))
         schema = LabelSchema(labels=model.labels, names=model.label_names)
         dataset = load_labelled_text(DatasetSource(path=config.labelled_file, schema=schema))
         labelled = pd.concat([labelled, score_labelled_file(model, dataset, start)], ignore_index=True)

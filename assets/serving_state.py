@@ -3,18 +3,14 @@
 ``deployment`` writes it from the aliases; the A/B assets write it to start a split and to end one.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from resources.deployment_target import DeploymentTarget
 from tl_platform.checkpoints import verify_bundle
 from tl_platform.experiments.ab_spec import ExperimentSpec
-from tl_platform.serving.deployment import (
-    DeploymentRecord,
-    DeploymentRecordError,
-    VariantSpec,
-    read_deployment_record,
-    write_deployment_record,
-)
+from tl_platform.export.precision import resolve_precision
+from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
 from tl_platform.tracking.mlflow_tracker import RegisteredVersion
 
 
@@ -36,21 +32,20 @@ def variant_of(version: RegisteredVersion, precision: str) -> VariantSpec:
     )
 
 
-def serving_precision(target: DeploymentTarget, default: str = "int8") -> str:
-    """The precision the current record serves its champion in (an experiment keeps it), else ``default``."""
-    try:
-        return read_deployment_record(target.path()).champion.precision
-    except DeploymentRecordError:
-        return default
+def served_variant(version: RegisteredVersion, requested: str = "auto") -> VariantSpec:
+    """The version's verified bundle in ``requested`` precision, resolved against what its export recorded
+    (``auto``: INT8 where INT8 passed its gate, else FP32)."""
+    spec = variant_of(version, "fp32")  # verified first: the precision is then read from the verified bundle
+    precision = resolve_precision(requested, spec.bundle, f"{version.name} v{version.version}")
+    return replace(spec, precision=precision)
 
 
 def write_split(target: DeploymentTarget, champion: RegisteredVersion, challenger: RegisteredVersion,
                 spec: ExperimentSpec, shadow: bool) -> Path:
     """The experiment's serving state: the challenger in shadow (every caller sees the champion), or on the
     spec's share of units, routed by the experiment's own salt."""
-    precision = serving_precision(target)
     record = DeploymentRecord(
-        champion=variant_of(champion, precision), challenger=variant_of(challenger, precision),
+        champion=served_variant(champion), challenger=served_variant(challenger),
         challenger_share=0.0 if shadow else spec.challenger_share, shadow=shadow,
         experiment_id=spec.experiment_id, routing_salt=spec.routing_salt,
     )

@@ -38,6 +38,6 @@ def build_tiny_task_bundle(tiny_bert_dir: Path, directory: Path, epochs: int = 2
 def build_tiny_exported_bundle(task_bundle: Path, directory: Path, config: ExportConfig | None = None) -> Path:
     """Export a tiny task bundle to ONNX FP32 and INT8 and seal it as an exported bundle."""
     settings = config or ExportConfig(latency_requests=20, latency_budget_p99_ms=1000.0)
-    export_task_bundle(task_bundle, directory, amazon_splits().train.texts, amazon_splits().eval_suite(), settings)
+    export_task_bundle(task_bundle, directory, amazon_splits(), settings)
     seal_bundle(directory, capture_provenance("exported", settings.to_json(), {}, {}, None))
     return directory

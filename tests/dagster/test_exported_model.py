@@ -80,6 +80,7 @@ def test_deployment_bootstraps_a_champion_and_promotion_owns_the_aliases(
 ) -> None:
     from assets import deployment
     from tl_platform.cli import main
+    from tl_platform.export.precision import recorded_precision
     from tl_platform.serving.deployment import read_deployment_record
 
     results, resources = exported_twice
@@ -112,7 +113,11 @@ def test_deployment_bootstraps_a_champion_and_promotion_owns_the_aliases(
     resources.materialize([deployment], run_config=config)
     record = read_deployment_record(resources["deployment_target"].path())
     assert (record.champion.version, record.challenger.version if record.challenger else None) == ("2", "1")
-    assert record.challenger_share == 0.25 and not record.shadow and record.champion.precision == "int8"
+    assert record.challenger_share == 0.25 and not record.shadow
+    # by default each bundle serves in the precision its export chose (int8 where INT8 passed its gate)
+    assert [v.precision for v in (record.champion, record.challenger)] == [  # type: ignore[union-attr]
+        recorded_precision(v.bundle) for v in (record.champion, record.challenger)  # type: ignore[union-attr]
+    ]
     exported = {m.materialization.metadata["registered_version"].value: m.materialization.metadata["bundle_sha256"].value
                 for r in results for m in r.get_asset_materialization_events()
                 if m.materialization.asset_key.to_user_string() == "exported_model"}

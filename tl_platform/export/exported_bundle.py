@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from tl_platform.checkpoints.bundle import load_bundle
-from tl_platform.data.schema import LabelledDataset, LabelSchema
-from tl_platform.data.splits import jsonl_bytes, read_split_jsonl
+from tl_platform.data.schema import LabelSchema
+from tl_platform.data.splits import DatasetSplits, jsonl_bytes, read_split_jsonl
 from tl_platform.export.gates import (
     LatencyReport,
     ParityReport,
@@ -28,6 +27,7 @@ from tl_platform.export.gates import (
 )
 from tl_platform.export.monitoring_reference import write_reference
 from tl_platform.export.onnx_export import DEFAULT_OPSET, export_onnx, logits_and_embedding, quantize_int8
+from tl_platform.export.precision import PrecisionChoice, choose_precision
 from tl_platform.export.runtime import Encoded, OnnxClassifier, encode
 from tl_platform.monitoring.features import DEFAULT_COMPONENTS, EmbeddingProjection
 from tl_platform.validation import require as _require
@@ -46,9 +46,14 @@ class ExportConfig:
     Attributes:
         opset: ONNX opset of the exported graph.
         parity_tolerance: largest allowed |logit difference| between ONNX FP32 and PyTorch on the eval suite.
-        min_int8_agreement: share of eval-suite predictions, one text at a time, on which INT8 must agree with FP32.
+        min_int8_agreement: share of predictions, one text at a time, on which INT8 must agree with FP32, on the
+            validation split (where INT8 is chosen) and on the test split (where it is judged).
         max_int8_accuracy_drop_points: accuracy INT8 may lose against FP32 there, in percentage points.
-        latency_budget_p99_ms: p99 of single-request INT8 inference (tokenisation included) must stay below this.
+        require_int8: False (default): an INT8 graph that fails its gate leaves the export serving FP32 (which
+            passed parity), reported as a non-blocking failure. True: a failed INT8 gate fails the export, for
+            deployments that cannot afford FP32's latency or memory.
+        latency_budget_p99_ms: p99 of single-request inference of the graph that serves (tokenisation included)
+            must stay below this.
         latency_threads: ONNX Runtime intra-op threads used for the latency measurement and by default in serving.
         latency_requests: timed single requests.
         projection_components: dimensions of the monitored embedding projection, in [1, 8] (the prediction log
@@ -59,6 +64,7 @@ class ExportConfig:
     parity_tolerance: float = 1e-3
     min_int8_agreement: float = 0.99
     max_int8_accuracy_drop_points: float = 0.5
+    require_int8: bool = False
     latency_budget_p99_ms: float = 50.0
     latency_threads: int = 1
     latency_requests: int = 200
@@ -98,9 +104,11 @@ class ExportConfig:
 class ExportResult:
     directory: Path
     parity: ParityReport
-    quantisation: QuantisationReport  # one text at a time: gating
-    quantisation_batched: QuantisationReport  # length-ordered batches of 32: reported, not gating
-    latency: LatencyReport
+    quantisation: QuantisationReport  # one text at a time, test split: where INT8 is judged
+    quantisation_validation: QuantisationReport  # one text at a time, validation split: where INT8 is chosen
+    quantisation_batched: QuantisationReport  # eval suite in length-ordered batches of 32: reported, not gating
+    precision: PrecisionChoice
+    latency: LatencyReport  # of the graph that serves
     fp32_bytes: int
     int8_bytes: int
     max_length: int
@@ -110,6 +118,8 @@ class ExportResult:
         return {
             "parity": self.parity.to_json(),
             "quantisation": self.quantisation.to_json(),
+            "quantisation_validation": self.quantisation_validation.to_json(),
+            "precision": self.precision.to_json(),
             "quantisation_batched": self.quantisation_batched.to_json(),
             "latency": self.latency.to_json(),
         }
@@ -122,10 +132,13 @@ class ExportResult:
             "int8_accuracy": self.quantisation.int8_accuracy,
             "int8_accuracy_drop_points": self.quantisation.accuracy_drop_points,
             "int8_mcnemar_p": self.quantisation.mcnemar_p,
+            "int8_validation_label_agreement": self.quantisation_validation.label_agreement,
+            "int8_validation_accuracy_drop_points": self.quantisation_validation.accuracy_drop_points,
+            "int8_serves": 1.0 if self.precision.precision == "int8" else 0.0,
             "int8_batched_label_agreement": self.quantisation_batched.label_agreement,
             "int8_batched_accuracy_drop_points": self.quantisation_batched.accuracy_drop_points,
             "int8_batched_mcnemar_p": self.quantisation_batched.mcnemar_p,
-            "eval_suite_examples": self.quantisation.examples,
+            "eval_suite_examples": self.quantisation.examples + self.quantisation_validation.examples,
             "latency_p50_ms": self.latency.p50_ms,
             "latency_p99_ms": self.latency.p99_ms,
             "fp32_megabytes": self.fp32_bytes / 1e6,
@@ -133,13 +146,13 @@ class ExportResult:
         }
 
 
-def export_task_bundle(
-    task_bundle: Path, directory: Path, train_texts: Sequence[str], eval_suite: LabelledDataset, config: ExportConfig
-) -> ExportResult:
+def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits, config: ExportConfig) -> ExportResult:
     """Fill ``directory`` (to be sealed by the caller) with the exported model and the reports of its gates.
 
-    The gates judge the whole eval suite (validation and test): at 198 test sentences one text is half a
-    point, the size of the accuracy budget itself. It must contain the test split the task bundle was scored on.
+    INT8 is chosen on the validation split and judged on the test split (which must hold the rows the task
+    bundle was scored on); when it fails either, FP32 serves (or, with ``require_int8``, the caller fails the
+    export). Parity and the batched INT8 figures use the whole eval suite (validation, then test). At 198 test
+    sentences one text is half a point, the size of the accuracy budget itself: a split's gate is coarse.
     """
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -149,14 +162,15 @@ def export_task_bundle(
     max_length = int(manifest.provenance["config"]["max_length"])
     schema = LabelSchema.from_json(json.loads((task_bundle / "label_schema.json").read_text()))
     scored_on = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
+    eval_suite, train_texts = splits.eval_suite(), list(splits.train.texts)
     if eval_suite.schema.labels != schema.labels:
         raise ValueError(f"eval suite labels {eval_suite.schema.labels} differ from the task model's {schema.labels}")
     missing = set(zip(scored_on.texts, scored_on.labels, strict=True)) - set(
-        zip(eval_suite.texts, eval_suite.labels, strict=True)
+        zip(splits.test.texts, splits.test.labels, strict=True)
     )
     if missing:
         raise ValueError(
-            f"the eval suite lacks {len(missing)} of the {len(scored_on)} rows the task model was scored on "
+            f"the test split lacks {len(missing)} of the {len(scored_on)} rows the task model was scored on "
             f"({task_bundle / 'eval_set.jsonl'}); export from the labelled data the task model was trained on"
         )
 
@@ -172,40 +186,56 @@ def export_task_bundle(
     int8 = OnnxClassifier(int8_path, intra_op_threads=config.latency_threads)
     texts = list(eval_suite.texts)
     reference, _ = batched_outputs(torch_runner(model), tokenizer, texts, max_length)
-    fp32_logits, _ = batched_outputs(fp32.run, tokenizer, texts, max_length)
+    fp32_logits, fp32_embeddings = batched_outputs(fp32.run, tokenizer, texts, max_length)
     parity = check_parity(reference, fp32_logits, config.parity_tolerance)
     # Dynamic INT8 scales activations per batch tensor, so an INT8 answer to a borderline text can depend on
     # which texts share its batch. The gate judges one text at a time: the answer a text gets on its own,
     # reproducible and independent of other callers. Length-ordered batches of 32 are measured and reported.
     fp32_single, _ = batched_outputs(fp32.run, tokenizer, texts, max_length, batch_size=1)
     int8_single, _ = batched_outputs(int8.run, tokenizer, texts, max_length, batch_size=1)
-    quantisation = check_quantisation(
-        fp32_single, int8_single, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
-    )
+    labels = np.asarray(eval_suite.labels)
+    # eval_suite() holds the validation rows first, then the test rows
+    chosen_on, judged_on = slice(0, len(splits.validation)), slice(len(splits.validation), len(texts))
+
+    def int8_gate(rows: slice) -> QuantisationReport:
+        return check_quantisation(
+            fp32_single[rows], int8_single[rows], labels[rows].tolist(), config.min_int8_agreement,
+            config.max_int8_accuracy_drop_points,
+        )
+
+    quantisation_validation, quantisation = int8_gate(chosen_on), int8_gate(judged_on)
+    choice = choose_precision(quantisation_validation, quantisation, config.require_int8)
     int8_batched, int8_embeddings = batched_outputs(int8.run, tokenizer, texts, max_length)
     quantisation_batched = check_quantisation(
         fp32_logits, int8_batched, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
     )
+    served = int8 if choice.precision == "int8" else fp32
     with torch.inference_mode():
         latency = measure_latency(
-            lambda text: int8.run(encode(tokenizer, [text], max_length)),
+            lambda text: served.run(encode(tokenizer, [text], max_length)),
             texts,
             budget_p99_ms=config.latency_budget_p99_ms,
             threads=config.latency_threads,
             requests=config.latency_requests,
+            precision=choice.precision,
         )
 
     _, train_embeddings = batched_outputs(fp32.run, tokenizer, list(train_texts), max_length)
     projection = EmbeddingProjection.fit(train_embeddings, config.projection_components)
     (directory / "projection.json").write_text(json.dumps(projection.to_json()))
     # the served graph's answers on held-out text: what unshifted traffic should look like to monitoring
+    served_logits, served_embeddings = (
+        (int8_batched, int8_embeddings) if choice.precision == "int8" else (fp32_logits, fp32_embeddings)
+    )
     write_reference(
-        directory, tokenizer, train_texts, max_length, int8_batched, int8_embeddings, schema.labels, projection
+        directory, tokenizer, train_texts, max_length, served_logits, served_embeddings, schema.labels, projection
     )
     serving = {
         "max_length": max_length,
         "fp32": FP32_FILE,
-        "int8": INT8_FILE,
+        "int8": INT8_FILE,  # kept when INT8 failed: the evidence of the gate, and loadable by older servers
+        "precision": choice.precision,  # what the deployment serves by default; int8 only where it passed
+        "int8_gate": {"passed": choice.int8_passed, "reason": choice.reason},
         "labels": list(schema.labels),
         "label_names": list(schema.names),
         "task_bundle_sha256": manifest.bundle_sha256,
@@ -215,7 +245,9 @@ def export_task_bundle(
         directory=directory,
         parity=parity,
         quantisation=quantisation,
+        quantisation_validation=quantisation_validation,
         quantisation_batched=quantisation_batched,
+        precision=choice,
         latency=latency,
         fp32_bytes=fp32_path.stat().st_size,
         int8_bytes=int8_path.stat().st_size,

@@ -71,6 +71,7 @@ class LatencyReport:
     budget_p99_ms: float
     requests: int
     threads: int
+    precision: str = "int8"  # the graph timed: the one that serves
 
     @property
     def passed(self) -> bool:
@@ -151,6 +152,7 @@ def measure_latency(
     threads: int,
     requests: int = 200,
     warmup: int = 20,
+    precision: str = "int8",
 ) -> LatencyReport:
     """Time ``predict_one`` on one text at a time, cycling through ``texts``."""
     if not texts:
@@ -168,6 +170,7 @@ def measure_latency(
         budget_p99_ms=budget_p99_ms,
         requests=requests,
         threads=threads,
+        precision=precision,
     )
 
 
