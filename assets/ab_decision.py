@@ -20,6 +20,7 @@ from resources.stage_store import StageStore
 from tl_platform.experiments.ab_aggregate import aggregate_for_spec
 from tl_platform.experiments.ab_decision import ExperimentDecision, decide
 from tl_platform.experiments.ab_plots import plot_daily_effects, plot_sample_progress
+from tl_platform.experiments.ab_rollup import RollupError, fold_for_spec, rollup_for_spec
 from tl_platform.experiments.ab_shadow import compare_shadow
 from tl_platform.experiments.promotion import promote, retire
 from tl_platform.serving.deployment import DeploymentRecord, write_deployment_record
@@ -136,7 +137,13 @@ def ab_decision(
     start, _ = day_bounds(record.split_day.isoformat())
     _, end = day_bounds(context.partition_key)
     with prediction_log.open() as log:
-        aggregates = aggregate_for_spec(log.engine, log_tables(log.table_prefix), spec, start, end)
+        tables = log_tables(log.table_prefix)
+        try:  # fold only what is new into the rollup, then read a few hundred rows instead of the whole log
+            fold_for_spec(log.engine, tables, spec, start, end)
+            aggregates = rollup_for_spec(log.engine, tables, spec, start, end)
+        except RollupError as err:  # a past day re-materialised: the rollup is folded past its end
+            context.log.info(f"recomputing {context.partition_key} from the log: {err}")
+            aggregates = aggregate_for_spec(log.engine, tables, spec, start, end)
     decision = decide(spec, aggregates, record.split_day, day)
     final = decision.verdict in ("ship", "roll_back", "invalid")
     acted: dict[str, object] = {}

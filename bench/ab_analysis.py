@@ -9,11 +9,17 @@ definitions: rows in time order over --days days, --units unit ids hashed 50/50 
 slow (minutes for 10M rows) and is cached: a SQLite file under .tlp/bench/ab_analysis/ (or a table prefix on
 Postgres) named by the parameters, reused when its row count matches.
 
-Timed (median of --repeats runs after one warm-up):
-  aggregation   aggregate_experiment: per-unit statistics per arm, per day (cumulative and daily) and per
-                slice, exposure units, errors and p99 latency, all in SQL;
+Timed, against the full recompute of the same run:
+  (a) full      aggregate_experiment over every row (once): per-unit statistics per arm, per day (cumulative
+                and daily) and per slice, exposure units, errors and p99 latency, all in SQL;
+  fold          the rollup (tl_platform/experiments/ab_rollup.py) rebuilt from scratch up to the last day
+                (once; a real deployment does this once per experiment, then one day at a time);
+  (b) last day  fold_experiment of the last day alone (its rows and labels), what the daily decision adds;
+  (c) rollup    aggregate_from_rollup: the same ExperimentAggregates read from the rollup's small tables;
   statistics    the fixed-horizon test, the mSPRT over every day, daily effects, SRM, Holm-corrected slices.
---index-copy also times the aggregation on a copy of the SQLite file with the index proposed for experiment
+(c) and the statistics are medians of --repeats runs after one warm-up. The statistics from (a) and from (c)
+are compared: the largest difference of any number in them, |x - y| / max(|y|, 1), is printed (at most 1e-9).
+--index-copy also times the full recompute on a copy of the SQLite file with the index proposed for experiment
 analysis (``PROPOSED_INDEXES``), so their effect is measured without migrating the real log.
 
     .venv/bin/python bench/ab_analysis.py                                   # 10,000,000 events, SQLite
@@ -24,7 +30,9 @@ analysis (``PROPOSED_INDEXES``), so their effect is measured without migrating t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import math
 import shutil
 import statistics
 import time
@@ -35,11 +43,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from tl_platform.experiments.ab_aggregate import ExperimentAggregates, aggregate_experiment
+from tl_platform.experiments.ab_rollup import aggregate_from_rollup, fold_experiment, reset_rollup
 from tl_platform.experiments.ab_sequential import mixing_variance, sequential_looks
 from tl_platform.experiments.ab_slices import slice_report
 from tl_platform.experiments.ab_spec import MetricKind
 from tl_platform.experiments.ab_stats import compare_arms, srm_check
-from tl_platform.serving.log_schema import LogTables
+from tl_platform.serving.log_schema import LogTables, log_tables
 from tl_platform.serving.prediction_log import PredictionLog
 
 GENERATOR_VERSION = 1  # bump when the generated data change, so cached files are not reused
@@ -155,26 +164,82 @@ def timed(repeats: int, run: Any) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
+def largest_difference(ours: Any, theirs: Any, path: str = "") -> tuple[float, str]:
+    """The largest |x - y| / max(|y|, 1) over the numbers of two results of the same shape, and where it is;
+    a difference of shape or of a non-numeric field raises, naming the field."""
+    if isinstance(theirs, bool) or theirs is None or isinstance(theirs, str):
+        if ours != theirs:
+            raise AssertionError(f"{path or 'result'}: {ours!r} != {theirs!r}")
+        return 0.0, path
+    if isinstance(theirs, int | float):
+        if not isinstance(ours, int | float):
+            raise AssertionError(f"{path}: {ours!r} is not a number like {theirs!r}")
+        if math.isnan(theirs) and math.isnan(ours):
+            return 0.0, path
+        return abs(ours - theirs) / max(abs(theirs), 1.0), path
+    if dataclasses.is_dataclass(theirs) and not isinstance(theirs, type):
+        ours, theirs = vars(ours), vars(theirs)
+    if isinstance(theirs, dict):
+        if set(ours) != set(theirs):
+            raise AssertionError(f"{path}: keys {sorted(map(str, ours))} != {sorted(map(str, theirs))}")
+        pairs = [(ours[k], theirs[k], f"{path}.{k}") for k in theirs]
+    elif isinstance(theirs, list | tuple):
+        if len(ours) != len(theirs):
+            raise AssertionError(f"{path}: {len(ours)} entries != {len(theirs)}")
+        pairs = [(a, b, f"{path}[{i}]") for i, (a, b) in enumerate(zip(ours, theirs, strict=True))]
+    else:
+        if ours != theirs:
+            raise AssertionError(f"{path}: {ours!r} != {theirs!r}")
+        return 0.0, path
+    return max((largest_difference(a, b, where) for a, b, where in pairs), default=(0.0, path))
+
+
 def bench(log: PredictionLog, metric: MetricKind, days: int, repeats: int, label: str) -> float:
-    tables = LogTables(log.metadata, log.predictions, log.feedback)
+    tables = log_tables(log.table_prefix)
     end = START + timedelta(days=days)
-    aggregation_s, aggregates = timed(repeats, lambda: aggregate_experiment(
+    last_day = end - timedelta(days=1)
+    mde = 0.01 if metric == "proportion" else 0.05
+    reset_rollup(log.engine, tables, EXPERIMENT)
+    started = time.perf_counter()
+    initial = fold_experiment(log.engine, tables, EXPERIMENT, START, last_day, SLICES, feedback_up_to=last_day)
+    initial_s = time.perf_counter() - started
+    started = time.perf_counter()
+    last = fold_experiment(log.engine, tables, EXPERIMENT, START, end, SLICES, feedback_up_to=end + timedelta(days=1))
+    fold_s = time.perf_counter() - started
+    rollup_s, aggregates = timed(repeats, lambda: aggregate_from_rollup(
         log.engine, tables, EXPERIMENT, START, end, metric, SLICES))
-    statistics_s, result = timed(repeats, lambda: analyse(aggregates, metric, 0.01 if metric == "proportion" else 0.05))
+    statistics_s, result = timed(repeats, lambda: analyse(aggregates, metric, mde))
+    started = time.perf_counter()
+    full = aggregate_experiment(log.engine, tables, EXPERIMENT, START, end, metric, SLICES)
+    full_s = time.perf_counter() - started
+    aggregates_difference = largest_difference(aggregates, full)
+    statistics_difference = largest_difference(result, analyse(full, metric, mde))
     champion, challenger = aggregates.overall
     effect = result["fixed_horizon"]
-    last = result["sequential"][-1]
-    print(f"[{label}] metric {metric}: aggregation {aggregation_s:.2f} s, statistics {statistics_s * 1000:.1f} ms, "
-          f"total {aggregation_s + statistics_s:.2f} s")
+    sequential = result["sequential"][-1]
+    print(f"[{label}] metric {metric}:")
+    print(f"  (a) full recompute   {full_s:8.2f} s")
+    print(f"      fold from scratch {initial_s:7.2f} s  ({initial.served_rows:,} rows up to {last_day.date()})")
+    print(f"  (b) fold last day    {fold_s:8.2f} s  ({last.served_rows:,} rows, {last.unit_days_updated:,} unit-days)")
+    print(f"  (c) rollup analysis  {rollup_s:8.3f} s")
+    print(f"      statistics       {statistics_s:8.3f} s")
+    print(f"  (c) + statistics     {rollup_s + statistics_s:8.3f} s: {full_s / (rollup_s + statistics_s):,.0f}x "
+          f"faster than (a); with (b) {fold_s + rollup_s + statistics_s:.2f} s, "
+          f"{full_s / (fold_s + rollup_s + statistics_s):.1f}x")
+    print(f"  largest difference (c) vs (a): aggregates {aggregates_difference[0]:.1e} at "
+          f"{aggregates_difference[1] or '-'}, statistics {statistics_difference[0]:.1e} at "
+          f"{statistics_difference[1] or '-'}")
+    if max(aggregates_difference[0], statistics_difference[0]) > 1e-9:
+        raise SystemExit("the rollup's statistics differ from the full recompute's by more than 1e-9")
     print(f"  units {aggregates.units}, rows without unit {aggregates.rows_without_unit:,}; labelled units "
           f"{champion.n:,} / {challenger.n:,}; difference {effect.difference:+.4f} "
-          f"[{effect.ci_low:+.4f}, {effect.ci_high:+.4f}] p {effect.p_value:.3g}; day {last.day}: {last.decision} "
-          f"(always-valid p {last.p_value:.3g})")
+          f"[{effect.ci_low:+.4f}, {effect.ci_high:+.4f}] p {effect.p_value:.3g}; day {sequential.day}: "
+          f"{sequential.decision} (always-valid p {sequential.p_value:.3g})")
     print(f"  SRM: {result['srm'].reason}")
     print(f"  p99 latency ms {[round(o.p99_latency_ms or 0, 2) for o in aggregates.operations.values()]}, "
           f"error rates {[round(o.error_rate or 0, 4) for o in aggregates.operations.values()]}; "
           f"slices harmed: {[f'{e.key}={e.value}' for e in result['slices'].harmed]}")
-    return aggregation_s + statistics_s
+    return rollup_s + statistics_s
 
 
 def main() -> None:
@@ -200,7 +265,7 @@ def main() -> None:
         total = bench(log, args.metric, args.days, args.repeats, log.engine.dialect.name)
     finally:
         log.close()
-    print(f"analysis of {args.events:,} events: {total:.2f} s (target < 5 s)")
+    print(f"analysis of {args.events:,} events from the rollup, with the statistics: {total:.2f} s (target < 5 s)")
     if args.index_copy and not args.url:
         copy = CACHE / f"{key}_indexed.db"
         if not copy.exists():

@@ -76,7 +76,9 @@ def drop_log(url: str, prefix: str) -> None:
     """Drop a log's tables and version table with plain SQL (not the code under test)."""
     engine = sa.create_engine(url)
     with engine.begin() as connection:
-        for table in ("predictions", "feedback", "prediction_log_version", "_alembic_tmp_predictions"):
+        rollup = ("ab_daily", "ab_latency_tail", "ab_operations", "ab_rollup", "ab_slices", "ab_unit_days",
+                  "ab_unit_slices", "ab_units")  # revision 0004's A/B state beside the log
+        for table in ("predictions", "feedback", "prediction_log_version", "_alembic_tmp_predictions", *rollup):
             connection.execute(sa.text(f'DROP TABLE IF EXISTS "{prefix}{table}"'))
     engine.dispose()
 

@@ -188,7 +188,9 @@ def test_a_shadow_phase_compares_silently_then_starts_the_split(served: tuple[St
     send_day(stages, log_url, start, even, seed=11)
     shadow = decision(stages, start)
     assert shadow["verdict"] == "shadow", shadow["summary"]
-    assert shadow["shadow"]["pairs"] == 400 and 0.0 <= shadow["agreement_rate"] <= 1.0
+    # a shadow job that finds the queue full is dropped by design, so under load fewer than 400 may pair up
+    pairs = shadow["shadow"]["pairs"]
+    assert 0 < pairs <= 400 and shadow["agreement_rate"] == pytest.approx(shadow["shadow"]["agreeing"] / pairs)
     assert "the split starts on" in shadow["summary"]
     split = read_deployment_record(stages["deployment_target"].path())
     assert not split.shadow and split.challenger_share == 0.5 and split.routing_salt == record.routing_salt

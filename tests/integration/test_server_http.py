@@ -150,5 +150,5 @@ def test_replicas_on_an_old_log_migrate_it_once_and_a_no_migrate_replica_waits_f
     assert all(rows[rid]["projection_3"] is not None and rows[rid]["routing_salt"] == "tlp-ab" for rid in answered)
     assert [rows["c" * 32][f"projection_{i}"] for i in range(4)] == OLD_PROJECTIONS["c" * 32]
     with log.engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT version_num FROM prediction_log_version")).scalars().all() == ["0003"]
+        assert connection.execute(sa.text("SELECT version_num FROM prediction_log_version")).scalars().all() == ["0004"]
     log.close()

@@ -65,6 +65,6 @@ def test_a_no_migrate_replica_refuses_an_old_schema_naming_both_revisions(
     assert main(["serve", "--deployment", str(deployment), "--log-url", url, "--no-migrate"]) == 2
     assert capsys.readouterr().err.strip() == (
         "tlp serve: prediction log schema is at revision unversioned (tables made by create_all before migrations, "
-        "i.e. 0001), expected 0003 (head); migrate it first: start one server without --no-migrate, or run "
+        "i.e. 0001), expected 0004 (head); migrate it first: start one server without --no-migrate, or run "
         "`python -m tl_platform.serving.log_admin migrate --log-url URL`"
     )

@@ -26,7 +26,7 @@ from tl_platform.serving.prediction_log import PredictionLog
 
 __all__ = ["log_url"]  # the fixture, imported for pytest
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0003"
+HEAD = "0004"
 
 
 def columns(url: str, table: str) -> list[str]:
@@ -179,18 +179,18 @@ def test_a_log_at_0002_with_rows_upgrades_to_0003_keeping_them_and_downgrades_ba
 
 def test_no_migrate_refuses_a_schema_not_at_head_naming_both_revisions(log_url: tuple[str, str]) -> None:
     url, prefix = log_url
-    with pytest.raises(LogSchemaError, match=r"prediction log schema is at revision none \(an empty database\), expected 0003 \(head\)"):
+    with pytest.raises(LogSchemaError, match=r"prediction log schema is at revision none \(an empty database\), expected 0004 \(head\)"):
         PredictionLog(url, prefix, migrate=False)
     make_old_log(url, prefix)
     with pytest.raises(LogSchemaError, match=(
-        r"at revision unversioned \(tables made by create_all before migrations, i.e. 0001\), expected 0003 \(head\); "
+        r"at revision unversioned \(tables made by create_all before migrations, i.e. 0001\), expected 0004 \(head\); "
         r"migrate it first: start one server without --no-migrate, or run `python -m tl_platform.serving.log_admin migrate")):
         PredictionLog(url, prefix, migrate=False)
     assert "projection" in columns(url, f"{prefix}predictions")  # nothing was changed
     engine = make_engine(url)
     migrate_log(engine, prefix)
     assert downgrade_log(engine, "0001", prefix) == "0001"
-    with pytest.raises(LogSchemaError, match=r"at revision 0001, expected 0003 \(head\)"):
+    with pytest.raises(LogSchemaError, match=r"at revision 0001, expected 0004 \(head\)"):
         PredictionLog(url, prefix, migrate=False)
     migrate_log(engine, prefix)
     PredictionLog(url, prefix, migrate=False).close()  # at head: starts
@@ -228,6 +228,27 @@ def test_downgrade_restores_json_projections_and_upgrade_types_them_again(log_ur
     engine.dispose()
 
 
+ROLLUP_TABLES = ("ab_rollup", "ab_unit_days", "ab_unit_slices", "ab_units", "ab_daily", "ab_slices", "ab_operations",
+                 "ab_latency_tail")
+
+
+def test_revision_0004_adds_the_rollup_tables_and_its_downgrade_drops_them(log_url: tuple[str, str]) -> None:
+    url, prefix = log_url
+    engine = make_engine(url)
+    migrate_log(engine, prefix)
+    expected = {f"{prefix}{name}" for name in ROLLUP_TABLES}
+    assert expected <= set(sa.inspect(engine).get_table_names())
+    assert downgrade_log(engine, "0003", prefix) == "0003"
+    assert expected & set(sa.inspect(engine).get_table_names()) == set()
+    assert {f"{prefix}predictions", f"{prefix}feedback"} <= set(sa.inspect(engine).get_table_names())
+    assert migrate_log(engine, prefix) == MigrationOutcome("0003", HEAD, adopted=False)
+    assert expected <= set(sa.inspect(engine).get_table_names())
+    with engine.begin() as connection:  # drop_log (tests/serving_fixtures.py) knows only the log's own tables
+        for name in ROLLUP_TABLES:
+            connection.execute(sa.text(f'DROP TABLE "{prefix}{name}"'))
+    engine.dispose()
+
+
 def test_tables_that_are_not_the_old_schema_are_not_stamped(log_url: tuple[str, str]) -> None:
     url, prefix = log_url
     engine = make_engine(url)
@@ -251,12 +272,12 @@ def test_log_admin_migrates_reports_and_purges(tmp_path: Path) -> None:
     current = admin("current", "--log-url", url)
     assert current.returncode == 1
     assert current.stdout.strip() == (
-        "prediction log: revision unversioned (tables made by create_all before migrations, i.e. 0001); head 0003")
+        "prediction log: revision unversioned (tables made by create_all before migrations, i.e. 0001); head 0004")
     purge = admin("purge-texts", "--log-url", url, "--older-than-days", "1")
     assert purge.returncode == 2 and "log_admin: prediction log schema is at revision unversioned" in purge.stderr
     migrated = admin("migrate", "--log-url", url)
-    assert (migrated.returncode, migrated.stdout.strip()) == (0, "prediction log: none -> 0003 (adopted a log made before migrations)")
-    assert admin("current", "--log-url", url).stdout.strip() == "prediction log: revision 0003; head 0003"
+    assert (migrated.returncode, migrated.stdout.strip()) == (0, "prediction log: none -> 0004 (adopted a log made before migrations)")
+    assert admin("current", "--log-url", url).stdout.strip() == "prediction log: revision 0004; head 0004"
     engine = make_engine(url)
     with engine.begin() as connection:
         connection.execute(sa.text("UPDATE predictions SET text = 'kept?' WHERE request_id IN (:a, :b)"),
@@ -277,7 +298,7 @@ def test_a_log_migrated_by_a_newer_release_is_neither_migrated_nor_served(log_ur
     engine = make_engine(url)
     with engine.begin() as connection:
         connection.execute(sa.text(f'UPDATE "{version_table_name(prefix)}" SET version_num = \'0099\''))
-    message = (r"prediction log schema is at revision 0099, which this release does not know \(its head is 0003\): "
+    message = (r"prediction log schema is at revision 0099, which this release does not know \(its head is 0004\): "
                r"a newer release migrated the log; run that release's server")
     for migrate in (True, False):
         with pytest.raises(LogSchemaError, match=message):

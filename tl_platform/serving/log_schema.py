@@ -25,10 +25,32 @@ PROJECTION_NAMES: tuple[str, ...] = tuple(f"projection_{i}" for i in range(PROJE
 
 
 @dataclass(frozen=True)
+class RollupTables:
+    """The A/B rollup's state beside the log (revision 0004), written only by ``experiments.ab_rollup``.
+
+    ``state``: one row per folded experiment (its start, slice keys, watermarks, exposure counters and the
+    latency-tail thresholds). ``unit_days`` and ``unit_slices``: per unit (and UTC day, or slice value) the
+    metric sums so far, both metric kinds. ``units``: the arms each unit was seen in. ``daily`` and ``slices``:
+    the sufficient statistics the analysis reads, kept current by the fold. ``operations``: rows, errors and
+    latency per (day, arm). ``latency_tail``: every latency at or above the arm's threshold, for an exact p99.
+    """
+
+    state: sa.Table
+    unit_days: sa.Table
+    unit_slices: sa.Table
+    units: sa.Table
+    daily: sa.Table
+    slices: sa.Table
+    operations: sa.Table
+    latency_tail: sa.Table
+
+
+@dataclass(frozen=True)
 class LogTables:
     metadata: sa.MetaData
     predictions: sa.Table
     feedback: sa.Table
+    rollup: RollupTables | None = None  # None for tables built without log_tables (they have no rollup)
 
 
 def version_table_name(prefix: str) -> str:
@@ -77,7 +99,97 @@ def log_tables(prefix: str) -> LogTables:
         sa.Column("label", sa.String(256)),
         sa.Column("outcome", sa.Float),
     )
-    return LogTables(metadata, predictions, feedback)
+    return LogTables(metadata, predictions, feedback, rollup_tables(metadata, prefix))
+
+
+def rollup_tables(metadata: sa.MetaData, prefix: str) -> RollupTables:
+    """The rollup tables of revision 0004, added to ``metadata`` (the log's, so one comparison covers both)."""
+    experiment = sa.String(ROUTING_FIELD_CHARS)
+
+    def sums() -> tuple[sa.Column[Any], ...]:  # a column belongs to one table: fresh ones each time
+        return (sa.Column("labelled", sa.Integer, nullable=False), sa.Column("correct", sa.Integer, nullable=False),
+                sa.Column("outcome_n", sa.Integer, nullable=False), sa.Column("outcome_sum", sa.Float, nullable=False))
+
+    def stats() -> tuple[sa.Column[Any], ...]:
+        return (sa.Column("n", sa.Integer, nullable=False), sa.Column("total", sa.Float, nullable=False),
+                sa.Column("total_sq", sa.Float, nullable=False))
+
+    state = sa.Table(
+        f"{prefix}ab_rollup", metadata,
+        sa.Column("experiment_id", experiment, primary_key=True),
+        sa.Column("start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("slice_keys", sa.Text, nullable=False),  # JSON list
+        sa.Column("served_up_to", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("feedback_up_to", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("feedback_rows", sa.BigInteger, nullable=False),  # feedback rows with ts < feedback_up_to
+        sa.Column("champion_units", sa.Integer, nullable=False),
+        sa.Column("challenger_units", sa.Integer, nullable=False),
+        sa.Column("units_in_both_arms", sa.Integer, nullable=False),
+        sa.Column("champion_tail_min", sa.Float),
+        sa.Column("challenger_tail_min", sa.Float),
+    )
+    unit_days = sa.Table(
+        f"{prefix}ab_unit_days", metadata,
+        sa.Column("experiment_id", experiment, primary_key=True),
+        sa.Column("variant", sa.String(16), primary_key=True),
+        sa.Column("unit_id", sa.String(256), primary_key=True),
+        sa.Column("day", sa.Date, primary_key=True),
+        *sums(),
+    )
+    unit_slices = sa.Table(
+        f"{prefix}ab_unit_slices", metadata,
+        sa.Column("experiment_id", experiment, primary_key=True),
+        sa.Column("slice_key", sa.String(ROUTING_FIELD_CHARS), primary_key=True),
+        sa.Column("slice_value", sa.String(256), primary_key=True),
+        sa.Column("variant", sa.String(16), primary_key=True),
+        sa.Column("unit_id", sa.String(256), primary_key=True),
+        *sums(),
+    )
+    units = sa.Table(
+        f"{prefix}ab_units", metadata,
+        sa.Column("experiment_id", experiment, primary_key=True),
+        sa.Column("unit_id", sa.String(256), primary_key=True),
+        sa.Column("champion", sa.Integer, nullable=False),  # 1 when seen in the arm
+        sa.Column("challenger", sa.Integer, nullable=False),
+    )
+    daily = sa.Table(
+        f"{prefix}ab_daily", metadata,
+        sa.Column("experiment_id", experiment, primary_key=True),
+        sa.Column("metric", sa.String(16), primary_key=True),
+        sa.Column("day", sa.Date, primary_key=True),
+        sa.Column("variant", sa.String(16), primary_key=True),
+        *stats(),
+        sa.Column("new_units", sa.Integer, nullable=False),
+        sa.Column("change", sa.Float, nullable=False),
+        sa.Column("change_sq", sa.Float, nullable=False),
+    )
+    slices = sa.Table(
+        f"{prefix}ab_slices", metadata,
+        sa.Column("experiment_id", experiment, primary_key=True),
+        sa.Column("metric", sa.String(16), primary_key=True),
+        sa.Column("slice_key", sa.String(ROUTING_FIELD_CHARS), primary_key=True),
+        sa.Column("slice_value", sa.String(256), primary_key=True),
+        sa.Column("variant", sa.String(16), primary_key=True),
+        *stats(),
+    )
+    operations = sa.Table(
+        f"{prefix}ab_operations", metadata,
+        sa.Column("experiment_id", experiment, primary_key=True),
+        sa.Column("day", sa.Date, primary_key=True),
+        sa.Column("variant", sa.String(16), primary_key=True),
+        sa.Column("rows", sa.Integer, nullable=False),
+        sa.Column("rows_without_unit", sa.Integer, nullable=False),
+        sa.Column("errors", sa.Integer, nullable=False),
+        sa.Column("latency_sum", sa.Float, nullable=False),
+    )
+    latency_tail = sa.Table(
+        f"{prefix}ab_latency_tail", metadata,
+        sa.Column("experiment_id", experiment, nullable=False),
+        sa.Column("variant", sa.String(16), nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+        sa.Index(f"ix_{prefix}ab_latency_tail_experiment_variant_latency", "experiment_id", "variant", "latency_ms"),
+    )
+    return RollupTables(state, unit_days, unit_slices, units, daily, slices, operations, latency_tail)
 
 
 def make_engine(
