@@ -20,7 +20,9 @@ from resources.stage_store import StageStore
 from tl_platform.experiments.ab_aggregate import aggregate_for_spec
 from tl_platform.experiments.ab_decision import ExperimentDecision, decide
 from tl_platform.experiments.ab_plots import plot_daily_effects, plot_sample_progress
-from tl_platform.experiments.ab_rollup import RollupError, fold_for_spec, rollup_for_spec
+from tl_platform.experiments.ab_rollup import fold_for_spec
+from tl_platform.experiments.ab_rollup_read import rollup_for_spec
+from tl_platform.experiments.ab_rollup_state import RollupError
 from tl_platform.experiments.ab_shadow import compare_shadow
 from tl_platform.experiments.promotion import promote, retire
 from tl_platform.serving.deployment import DeploymentRecord, write_deployment_record

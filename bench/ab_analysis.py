@@ -43,7 +43,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from tl_platform.experiments.ab_aggregate import ExperimentAggregates, aggregate_experiment
-from tl_platform.experiments.ab_rollup import aggregate_from_rollup, fold_experiment, reset_rollup
+from tl_platform.experiments.ab_rollup import fold_experiment, reset_rollup
+from tl_platform.experiments.ab_rollup_read import aggregate_from_rollup
 from tl_platform.experiments.ab_sequential import mixing_variance, sequential_looks
 from tl_platform.experiments.ab_slices import slice_report
 from tl_platform.experiments.ab_spec import MetricKind

@@ -14,7 +14,9 @@ from tests.serving_fixtures import log_url
 from tests.unit.test_ab_aggregate import END, EXPERIMENT, START, fill, prediction
 from tl_platform.experiments import ab_rollup
 from tl_platform.experiments.ab_aggregate import ExperimentAggregates, aggregate_experiment
-from tl_platform.experiments.ab_rollup import RollupError, aggregate_from_rollup, fold_experiment, reset_rollup
+from tl_platform.experiments.ab_rollup import fold_experiment, reset_rollup
+from tl_platform.experiments.ab_rollup_read import aggregate_from_rollup
+from tl_platform.experiments.ab_rollup_state import RollupError
 from tl_platform.experiments.ab_stats import ArmStats
 from tl_platform.serving.log_schema import LogTables, log_tables
 from tl_platform.serving.prediction_log import PredictionLog

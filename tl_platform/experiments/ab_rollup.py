@@ -2,7 +2,7 @@
 from that state the same ``ExperimentAggregates`` as ``ab_aggregate.aggregate_experiment``.
 
 ``aggregate_experiment`` re-reads every row of the experiment each day (tens of seconds at 10M rows).
-``fold_experiment`` reads only what arrived since the last fold, and ``aggregate_from_rollup`` reads tables of
+``fold_experiment`` reads only what arrived since the last fold, and ``ab_rollup_read.aggregate_from_rollup`` reads tables of
 a few hundred rows. The state (revision 0004, ``log_schema.RollupTables``):
 
 - per (arm, unit, UTC day) and per (slice value, arm, unit): the unit's labelled / correct / outcome sums, for
@@ -36,207 +36,44 @@ day of 714,285 rows folded in about 20 s on 2 cores, see bench/ab_analysis.py), 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from tl_platform.experiments.ab_aggregate import (
     ARMS,
     P99,
-    ArmOperations,
-    ExperimentAggregates,
     _as_date,
-    _by_day,
-    _daily_part,
     _day,
-    _slice_value,
 )
-from tl_platform.experiments.ab_spec import ExperimentSpec, MetricKind, check_name
-from tl_platform.experiments.ab_stats import ArmStats
+from tl_platform.experiments.ab_rollup_state import (
+    _DAILY,
+    _SUMS,
+    FEEDBACK_SETTLE,
+    METRICS,
+    TAIL_KEEP,
+    TAIL_MIN_ROWS,
+    TAIL_PRUNE,
+    FoldReport,
+    RollupError,
+    _add,
+    _begin_locked,
+    _daily_contributions,
+    _labelled_rows,
+    _merge,
+    _rollup,
+    _slice_contributions,
+    _temporary,
+    _upsert,
+)
+from tl_platform.experiments.ab_spec import ExperimentSpec, check_name
 from tl_platform.serving.log_readers import SERVED, as_utc
 from tl_platform.serving.log_schema import LogTables, RollupTables
-
-METRICS: tuple[MetricKind, ...] = ("proportion", "mean")
-FEEDBACK_SETTLE = timedelta(seconds=60)  # labels younger than this wait for the next fold (writes in flight)
-TAIL_KEEP = 4  # the latency tail holds this many times the top values the p99 reads ...
-TAIL_PRUNE = 8  # ... and is cut back to that when it grows past this many times
-TAIL_MIN_ROWS = 1_000  # small arms keep every latency
-_SUMS = ("labelled", "correct", "outcome_n", "outcome_sum")
-_DAILY = ("n", "total", "total_sq", "new_units", "change", "change_sq")
-
-
-class RollupError(ValueError):
-    """The rollup cannot fold or answer as asked (not folded, another window or slice keys); the message says
-    what differs and what to do."""
-
-
-@dataclass(frozen=True)
-class FoldReport:
-    """What one fold did: the served and feedback ranges now folded, what was new, and whether it rebuilt."""
-
-    experiment_id: str
-    served_up_to: datetime
-    feedback_up_to: datetime
-    served_rows: int  # served rows folded by this call (with or without a unit or feedback)
-    unit_days_updated: int  # (arm, unit, day) sums that new rows or late labels changed
-    refolded: str | None  # why the state was rebuilt from the start; None when folded incrementally
-
-
-def _rollup(tables: LogTables) -> RollupTables:
-    if tables.rollup is None:
-        raise RollupError("tables.rollup is None: build the tables with log_schema.log_tables(prefix), "
-                          "which includes the rollup tables of revision 0004")
-    return tables.rollup
-
-
-def _lock_key(table: str, experiment_id: str) -> int:
-    digest = hashlib.sha256(f"tl_platform.ab_rollup:{table}:{experiment_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _begin_locked(connection: Connection, state: sa.Table, experiment_id: str) -> None:
-    dialect = connection.dialect.name
-    if dialect == "sqlite":  # the one write lock, taken before the watermark is read
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    elif dialect == "postgresql":  # released by the commit or rollback; a second fold waits here
-        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(state.name, experiment_id))))
-    else:
-        raise RollupError(f"the prediction log runs on sqlite or postgresql, not {dialect}")
-
-
-def _upsert(connection: Connection, table: sa.Table) -> Any:
-    return (postgresql.insert(table) if connection.dialect.name == "postgresql" else sqlite.insert(table))
-
-
-# -- temporary tables of one fold ----------------------------------------------------------------------------
-
-
-def _temporary(slice_count: int) -> dict[str, sa.Table]:
-    metadata = sa.MetaData()
-
-    def sums() -> list[sa.Column[Any]]:
-        return [sa.Column("labelled", sa.Integer), sa.Column("correct", sa.Integer),
-                sa.Column("outcome_n", sa.Integer), sa.Column("outcome_sum", sa.Float)]
-
-    def table(name: str, *columns: sa.Column[Any]) -> sa.Table:
-        return sa.Table(name, metadata, *columns, prefixes=["TEMPORARY"])
-
-    def key(name: str) -> sa.Column[Any]:
-        return sa.Column(name, sa.String, primary_key=True)
-
-    # keyed, so the joins to the state tables are index lookups, not a scan per touched unit
-    return {
-        "raw": table("tlp_fold_raw", sa.Column("variant", sa.String), sa.Column("unit_id", sa.String),
-                     sa.Column("day", sa.Date), *(sa.Column(f"s{i}", sa.String) for i in range(slice_count)), *sums()),
-        "unit_days": table("tlp_fold_unit_days", key("variant"), key("unit_id"), sa.Column("day", sa.Date, primary_key=True),
-                           *sums()),
-        "unit_slices": table("tlp_fold_unit_slices", key("slice_key"), key("slice_value"), key("variant"),
-                             key("unit_id"), *sums()),
-        "affected": table("tlp_fold_affected", key("variant"), key("unit_id")),
-        "units": table("tlp_fold_units", key("unit_id"), sa.Column("champion", sa.Integer),
-                       sa.Column("challenger", sa.Integer)),
-    }
-
-
-def _feedback_sums(tables: LogTables) -> list[sa.ColumnElement[Any]]:
-    p, f = tables.predictions, tables.feedback
-    one = sa.literal(1, sa.Integer)
-    return [
-        sa.func.sum(sa.case((f.c.label.is_not(None), one), else_=0)).label("labelled"),
-        sa.func.sum(sa.case((sa.and_(f.c.label.is_not(None), f.c.label == p.c.label), one), else_=0)).label("correct"),
-        sa.func.sum(sa.case((f.c.outcome.is_not(None), one), else_=0)).label("outcome_n"),
-        sa.func.coalesce(sa.func.sum(f.c.outcome), 0.0).label("outcome_sum"),
-    ]
-
-
-def _labelled_rows(connection: Connection, tables: LogTables, experiment_id: str, slice_keys: Sequence[str],
-                   where: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
-    """Per (arm, unit, day, slice values) the feedback sums of served rows joined to their feedback."""
-    p, f = tables.predictions, tables.feedback
-    day = _day(connection, p.c.ts)
-    slices = [sa.cast(_slice_value(connection, p.c.attributes, key), sa.String) for key in slice_keys]
-    return (
-        sa.select(p.c.variant, p.c.unit_id, day, *slices, *_feedback_sums(tables))
-        .join(f, sa.and_(f.c.request_id == p.c.request_id, f.c.item_index == p.c.item_index))
-        .where(p.c.experiment_id == experiment_id, p.c.role == SERVED, p.c.unit_id.is_not(None),
-               sa.or_(f.c.label.is_not(None), f.c.outcome.is_not(None)), *where)
-        .group_by(p.c.variant, p.c.unit_id, day, *slices)
-    )
-
-
-# -- contributions to the series, from the unit state ---------------------------------------------------------
-
-
-def _num_den(table: sa.Table, metric: MetricKind) -> tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]]:
-    if metric == "proportion":
-        return sa.cast(table.c.correct, sa.Float), sa.cast(table.c.labelled, sa.Float)
-    return sa.cast(table.c.outcome_sum, sa.Float), sa.cast(table.c.outcome_n, sa.Float)
-
-
-def _daily_contributions(connection: Connection, rollup: RollupTables, temporary: dict[str, sa.Table],
-                         experiment_id: str, metric: MetricKind) -> list[Any]:
-    """The touched units' contributions to each (day, arm) of the series, from their whole history of days."""
-    u, affected = rollup.unit_days, temporary["affected"]
-    num, den = _num_den(u, metric)
-    unit_days = (
-        sa.select(u.c.variant, u.c.unit_id, u.c.day, num.label("num"), den.label("den"))
-        .select_from(affected)
-        .join(u, sa.and_(affected.c.variant == u.c.variant, affected.c.unit_id == u.c.unit_id))
-        .where(u.c.experiment_id == experiment_id, u.c.labelled > 0 if metric == "proportion" else u.c.outcome_n > 0)
-        .cte("unit_days")
-    )
-    return list(connection.execute(_daily_part(connection, unit_days, regroup=False)).all())
-
-
-def _slice_contributions(connection: Connection, rollup: RollupTables, temporary: dict[str, sa.Table],
-                         experiment_id: str, metric: MetricKind) -> list[Any]:
-    s, touched = rollup.unit_slices, temporary["unit_slices"]
-    num, den = _num_den(s, metric)
-    value = num / den
-    return list(connection.execute(
-        sa.select(s.c.variant, s.c.slice_key, s.c.slice_value, sa.func.count(), sa.func.sum(value),
-                  sa.func.sum(value * value))
-        .select_from(touched)
-        .join(s, sa.and_(touched.c.slice_key == s.c.slice_key, touched.c.slice_value == s.c.slice_value,
-                               touched.c.variant == s.c.variant, touched.c.unit_id == s.c.unit_id))
-        .where(s.c.experiment_id == experiment_id, s.c.labelled > 0 if metric == "proportion" else s.c.outcome_n > 0)
-        .group_by(s.c.variant, s.c.slice_key, s.c.slice_value)
-    ).all())
-
-
-def _add(totals: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...], values: Sequence[Any], sign: int) -> None:
-    target = totals.setdefault(key, [0.0] * len(values))
-    for i, value in enumerate(values):
-        target[i] += sign * float(value or 0.0)
-
-
-def _merge(connection: Connection, table: sa.Table, experiment_id: str, keys: Sequence[str], columns: Sequence[str],
-           deltas: dict[tuple[Any, ...], list[float]], integers: Sequence[str]) -> None:
-    """Add ``deltas`` to a small totals table of the experiment (read, add, write back: a few hundred rows)."""
-    if not deltas:
-        return
-    current = {tuple(r[k] for k in keys): [r[c] for c in columns]
-               for r in connection.execute(sa.select(table).where(table.c.experiment_id == experiment_id)).mappings()}
-    for key, delta in deltas.items():
-        before = current.get(key)
-        merged = [(before[i] if before else 0.0) + delta[i] for i in range(len(columns))]
-        row = {"experiment_id": experiment_id, **dict(zip(keys, key, strict=True)),
-               **{c: (round(v) if c in integers else v) for c, v in zip(columns, merged, strict=True)}}
-        if before is None:
-            connection.execute(table.insert(), [row])
-        else:
-            connection.execute(table.update().where(table.c.experiment_id == experiment_id,
-                                                    *(table.c[k] == v for k, v in zip(keys, key, strict=True)))
-                               .values({c: row[c] for c in columns}))
-
 
 # -- the fold -------------------------------------------------------------------------------------------------
 
@@ -505,106 +342,9 @@ def reset_rollup(engine: Engine, tables: LogTables, experiment_id: str) -> None:
         connection.commit()
 
 
-# -- the analysis ---------------------------------------------------------------------------------------------
-
-
-def aggregate_from_rollup(
-    engine: Engine,
-    tables: LogTables,
-    experiment_id: str,
-    start: datetime,
-    end: datetime,
-    metric: MetricKind,
-    slice_keys: Sequence[str] = (),
-) -> ExperimentAggregates:
-    """``aggregate_experiment``'s result for ``[start, end)``, read from the rollup: ``start`` must be the folds'
-    start and ``end`` the served watermark of the last fold (``fold_experiment(..., up_to=end)``), and
-    ``slice_keys`` among the folded ones; anything else raises RollupError saying what differs."""
-    rollup = _rollup(tables)
-    if metric not in METRICS:
-        raise RollupError(f"metric: must be one of {list(METRICS)}, got {metric!r}")
-    start, end = as_utc(start), as_utc(end)
-    with engine.connect() as connection:
-        state = connection.execute(sa.select(rollup.state).where(rollup.state.c.experiment_id == experiment_id)
-                                   ).mappings().first()
-        if state is None:
-            raise RollupError(f"experiment {experiment_id!r} has not been folded: call fold_experiment first")
-        folded_keys = json.loads(state["slice_keys"])
-        if as_utc(state["start"]) != start or as_utc(state["served_up_to"]) != end:
-            raise RollupError(
-                f"experiment {experiment_id!r} is folded for [{as_utc(state['start']).isoformat()}, "
-                f"{as_utc(state['served_up_to']).isoformat()}), not [{start.isoformat()}, {end.isoformat()}): fold "
-                "up to the window's end first (or use aggregate_experiment for a past window)")
-        if not set(slice_keys) <= set(folded_keys):
-            raise RollupError(f"slice keys {sorted(set(slice_keys) - set(folded_keys))} were not folded for "
-                              f"{experiment_id!r} (folded: {folded_keys})")
-        d, s, o = rollup.daily, rollup.slices, rollup.operations
-        daily_rows = connection.execute(
-            sa.select(d.c.variant, d.c.day, *(d.c[c] for c in _DAILY))
-            .where(d.c.experiment_id == experiment_id, d.c.metric == metric, d.c.n > 0)).all()
-        slice_rows = connection.execute(
-            sa.select(s.c.slice_key, s.c.slice_value, s.c.variant, s.c.n, s.c.total, s.c.total_sq)
-            .where(s.c.experiment_id == experiment_id, s.c.metric == metric, s.c.n > 0,
-                   s.c.slice_key.in_(list(slice_keys)))).all()
-        operations = connection.execute(
-            sa.select(o.c.variant, sa.func.sum(o.c.rows), sa.func.sum(o.c.rows_without_unit), sa.func.sum(o.c.errors),
-                      sa.func.sum(o.c.latency_sum))
-            .where(o.c.experiment_id == experiment_id).group_by(o.c.variant)).all()
-        by_arm = {variant: (int(rows), int(without), int(errors), float(latency))
-                  for variant, rows, without, errors, latency in operations}
-        arms = {arm: by_arm.get(arm, (0, 0, 0, 0.0)) for arm in ARMS}
-        result_operations = {
-            arm: ArmOperations(rows, errors, latency / rows if rows else None,
-                               _tail_p99(connection, rollup, experiment_id, arm, rows))
-            for arm, (rows, _, errors, latency) in arms.items()}
-    # float rounding of the subtract-and-add updates must not make a sum of squares negative
-    cumulative, daily = _by_day([(variant, day, n, total, max(total_sq, 0.0), new, change, change_sq)
-                                 for variant, day, n, total, total_sq, new, change, change_sq in daily_rows])
-    slices: dict[tuple[str, str], dict[str, ArmStats]] = {}
-    for key, value, variant, n, total, total_sq in slice_rows:
-        slices.setdefault((key, str(value)), {})[variant] = ArmStats(int(n), float(total), max(float(total_sq), 0.0))
-    empty = ArmStats(0, 0.0, 0.0)
-    return ExperimentAggregates(
-        experiment_id, metric, start, end, cumulative, daily,
-        slices={key: (arms_.get("champion", empty), arms_.get("challenger", empty))
-                for key, arms_ in sorted(slices.items())},
-        units={"champion": int(state["champion_units"]), "challenger": int(state["challenger_units"])},
-        units_in_both_arms=int(state["units_in_both_arms"]),
-        rows_without_unit=sum(without for _, without, _, _ in arms.values()),
-        operations=result_operations,
-    )
-
-
-def _tail_p99(connection: Connection, rollup: RollupTables, experiment_id: str, arm: str, rows: int) -> float | None:
-    """The p99 as ``ab_aggregate._p99`` computes it, read from the tail (which holds the top ``_needed`` values)."""
-    if rows == 0:
-        return None
-    tail = rollup.latency_tail
-    of_arm = [tail.c.experiment_id == experiment_id, tail.c.variant == arm]
-    rank = P99 * (rows - 1)
-    lower = math.floor(rank)
-    if lower >= rows - 1:
-        return float(connection.execute(sa.select(sa.func.max(tail.c.latency_ms)).where(*of_arm)).scalar_one())
-    values = connection.execute(sa.select(tail.c.latency_ms).where(*of_arm).order_by(tail.c.latency_ms.desc())
-                                .limit(2).offset(rows - 2 - lower)).scalars().all()
-    if len(values) != 2:
-        raise RollupError(f"the latency tail of {arm!r} in {experiment_id!r} holds too few values for the p99 of "
-                          f"{rows} rows: the rollup is inconsistent; reset_rollup and fold again")
-    above, below = (float(v) for v in values)
-    return below + (rank - lower) * (above - below)
-
-
 def fold_for_spec(engine: Engine, tables: LogTables, spec: ExperimentSpec, start: datetime, up_to: datetime,
                   feedback_up_to: datetime | None = None) -> FoldReport:
     """``fold_experiment`` with the spec's experiment id and slice keys."""
     return fold_experiment(engine, tables, spec.experiment_id, start, up_to, spec.slices, feedback_up_to)
 
 
-def rollup_for_spec(engine: Engine, tables: LogTables, spec: ExperimentSpec, start: datetime,
-                    end: datetime) -> ExperimentAggregates:
-    """``aggregate_from_rollup`` with the spec's experiment id, metric kind and slice keys."""
-    return aggregate_from_rollup(engine, tables, spec.experiment_id, start, end, spec.primary.kind, spec.slices)
-
-
-__all__ = ["FEEDBACK_SETTLE", "FoldReport", "RollupError", "aggregate_from_rollup", "fold_experiment",
-           "fold_for_spec", "reset_rollup", "rollup_for_spec"]
