@@ -8,9 +8,9 @@ harmful one is constructed, and says so: imdb sentences with their evaluative wo
 past through the server's event-time header; monitor partitions are materialised per day and the trigger
 sensor is evaluated with the daemon's code, then the retrain it requests is run.
 
-Then the A/B loop on the same models: the candidate challenges the champion on slang and standard reviews
-from 200 users over two days and ships (better on slang, no worse on standard); the old model then challenges
-the new champion and is rolled back on its first day, with the slang slice named as the reason.
+Then the A/B loop on the same models: the candidate challenges the champion on two days of slang reviews from
+600 users and ships; the old model then challenges the new champion on slang and standard reviews and is
+rolled back, with the slang slice named as the reason.
 """
 
 from __future__ import annotations
@@ -67,9 +67,10 @@ MAIN_CONFIG = {
                                       "min_int8_agreement": 0.97, "max_int8_accuracy_drop_points": 2.0}},
     }
 }
-# 300 users, each on one model for the experiment; 1,200 requests over two days give about 8 labelled answers
-# each and about 150 users per arm, past the planned sample (an MDE of 0.15 from 0.8 needs 70 per arm)
-AB_UNITS = 300
+# 600 users, each on one model for the experiment: about 300 per arm, past the planned sample (an MDE of 0.15
+# from 0.8 needs 70 per arm). The retrain's gain on held-out slang varied from run to run (about +4 to +14
+# points), so the experiment sees 2,000 slang requests a day: a +4-point gain is then about 2.8 standard errors.
+AB_UNITS = 600
 HARMFUL_REQUESTS = 450  # measured enough for the retrain to recover (bench/retrain_recovery.py)
 
 
@@ -207,19 +208,16 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
     assert tags["tlp.parent_version"] == "1"
     assert "breach" in tags["tlp.canary_summary"] or "below" in tags["tlp.canary_summary"]
 
-    # The candidate against the champion, over HTTP: after the shift two reviews in three are in slang.
+    # The candidate against the champion, over HTTP, on the population that shifted: reviews in slang.
     held_out = LabelledDataset(
         texts=imdb_rows.validation.texts + imdb_rows.test.texts, labels=imdb_rows.validation.labels + imdb_rows.test.labels,
         schema=imdb_rows.test.schema, source="imdb held out", rows_read=0, duplicates=imdb_rows.test.duplicates)
     amazon = _domain("amazon")
     start = first + timedelta(days=5)
     ab_days = [
-        replace(day, units=AB_UNITS) for offset in range(2) for day in (
-            sample_day(start + timedelta(days=offset), held_out, 400, seed=10 + offset, shift=slang,
-                       attributes={"domain": "imdb", "register": "slang"}),
-            sample_day(start + timedelta(days=offset), amazon, 200, seed=20 + offset,
-                       attributes={"domain": "amazon", "register": "standard"}),
-        )
+        replace(sample_day(start + timedelta(days=offset), held_out, 2000, seed=10 + offset, shift=slang,
+                           attributes={"domain": "imdb", "register": "slang"}), units=AB_UNITS)
+        for offset in range(2)
     ]
     shipped = _experiment(stages, tmp_path, log_url, start, ab_days, candidate_version="")
     assert shipped["verdict"] == "ship", shipped["summary"]
@@ -230,10 +228,12 @@ def test_benign_shift_alerts_harmful_shift_retrains_and_the_candidate_ships_thro
     # The old model challenges again: no better on standard reviews, much worse on slang, the critical slice.
     again = first + timedelta(days=8)
     rechallenge = [
-        replace(sample_day(again, held_out, 400, seed=30, shift=slang, attributes={"domain": "imdb", "register": "slang"}),
-                units=AB_UNITS),
-        replace(sample_day(again, amazon, 200, seed=31, attributes={"domain": "amazon", "register": "standard"}),
-                units=AB_UNITS),
+        replace(day, units=AB_UNITS) for offset in range(2) for day in (
+            sample_day(again + timedelta(days=offset), held_out, 2000, seed=30 + offset, shift=slang,
+                       attributes={"domain": "imdb", "register": "slang"}),
+            sample_day(again + timedelta(days=offset), amazon, 300, seed=40 + offset,
+                       attributes={"domain": "amazon", "register": "standard"}),
+        )
     ]
     rolled_back = _experiment(stages, tmp_path, log_url, again, rechallenge, candidate_version="1")
     assert rolled_back["verdict"] == "roll_back", rolled_back["summary"]
