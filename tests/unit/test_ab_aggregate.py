@@ -5,21 +5,20 @@ and daily per UTC day, slices, exposure units, rows without a unit, errors and p
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.serving_fixtures import log_url
+from tests.serving_fixtures import log_url, started_log
 from tl_platform.experiments.ab_aggregate import aggregate_experiment, aggregate_for_spec
 from tl_platform.experiments.ab_spec import ExperimentSpec, PrimaryMetric
 from tl_platform.experiments.ab_stats import ArmStats
 from tl_platform.serving.log_schema import LogTables
 from tl_platform.serving.prediction_log import SERVED, SHADOW, PredictionLog, PredictionRow
 
-__all__ = ["log_url"]  # the fixture, imported for pytest
+__all__ = ["log_url", "started_log"]  # the fixture, imported for pytest
 START = datetime(2025, 3, 1, tzinfo=UTC)
 END = START + timedelta(days=3)
 EXPERIMENT = "exp-7"
@@ -38,11 +37,8 @@ def prediction(request_id: str, index: int, ts: datetime, unit: str | None, vari
 
 
 @pytest.fixture
-def log(log_url: tuple[str, str]) -> Iterator[PredictionLog]:
-    opened = PredictionLog(log_url[0], log_url[1])
-    opened.start()
-    yield opened
-    opened.close()
+def log(started_log: PredictionLog) -> PredictionLog:
+    return started_log
 
 
 def tables(log: PredictionLog) -> LogTables:
