@@ -129,6 +129,7 @@ def feature_drift(
             "drifted_features": dg.MetadataValue.json(list(result.drifted_features)),
             "summary": result.summary(),
             "scores": dg.MetadataValue.json(result.deciding_scores()),
+            "thresholds": dg.MetadataValue.json(result.deciding_thresholds()),
             "features": dg.MetadataValue.md(result.markdown_table()),
             "drift_history": png_markdown(picture, "drift per feature over recent days"),
         },

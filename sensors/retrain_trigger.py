@@ -83,7 +83,13 @@ def window_signals(instance: dg.DagsterInstance, window: str) -> WindowSignals:
 def drift_canary_trigger(
     context: dg.SensorEvaluationContext, retrain_policy: RetrainPolicy, alerts: AlertRoute
 ) -> dg.SensorResult | dg.SkipReason:
-    now = datetime.now(UTC)
+    return evaluate_trigger(context, retrain_policy, alerts, datetime.now(UTC))
+
+
+def evaluate_trigger(
+    context: dg.SensorEvaluationContext, retrain_policy: RetrainPolicy, alerts: AlertRoute, now: datetime
+) -> dg.SensorResult | dg.SkipReason:
+    """One tick of the trigger as of ``now``: the daemon passes the clock; a simulation passes its simulated time."""
     policy = retrain_policy.policy()
     state = TriggerState.from_json(json.loads(context.cursor)) if context.cursor else TriggerState()
     windows = complete_windows(

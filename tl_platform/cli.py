@@ -49,6 +49,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.stages_only:
+        from tl_platform.story.command import cmd_story
+
+        return cmd_story(args, run_config_from_args(args))
     env = dagster_environment()
     ensure_instance_storage(env)
     config_path = config_file(env, "run", run_config_from_args(args))
@@ -133,8 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlp", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="materialise the main job (labelled data to task model)")
-    run.add_argument("--job", default="main_job")
+    run = sub.add_parser("run", help="the closed loop on simulated days: plan, models, serving, monitoring, retrain, "
+                                     "A/B, costs (--stages-only: the model stages alone)")
+    run.add_argument("--stages-only", action="store_true", help="only the main job: labelled data to deployment")
+    run.add_argument("--job", default="main_job", help="with --stages-only: the Dagster job to execute")
+    run.add_argument("--seed", type=int, default=7, help="the story's seed (traffic, training, routing)")
+    run.add_argument("--quick", action="store_true", help="the shortened story the end-to-end test runs (6 days)")
+    run.add_argument("--restart", action="store_true", help="start the story over instead of resuming a stopped one")
+    run.add_argument("--owner", default="ML platform on-call", help="who owns the monitoring loop (the ROI curve)")
     run.add_argument("--domain", choices=("amazon", "yelp", "imdb"), help="bundled domain (default amazon)")
     run.add_argument("--foundation", help="package:<module>, a model directory or a hub id")
     run.add_argument("--method", choices=("lora", "full"), help="fine-tuning method (default lora)")

@@ -68,7 +68,7 @@ def load_proposal(plan_dir: Path, cost_dir: Path, roi_dir: Path) -> Proposal:
     )
 
 
-_STYLE = """
+REPORT_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.45; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
@@ -79,7 +79,7 @@ section { margin-bottom: 2.5em; }
 """
 
 
-def _image(data: bytes, alt: str) -> str:
+def png_image(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
@@ -87,13 +87,13 @@ def render_proposal_html(proposal: Proposal, title: str = "Transfer-learning pro
     """One self-contained page: plan with its reasons, cost comparison with its plot, ROI curve with its plot."""
     sections = (
         ("1. The plan", to_html(plan_document(proposal.plan)), ""),
-        ("2. The cost comparison", to_html(cost_document(proposal.costs)), _image(proposal.cost_plot, "cost comparison")),
-        ("3. The return on investment", to_html(roi_document(proposal.roi)), _image(proposal.roi_plot, "ROI curve")),
+        ("2. The cost comparison", to_html(cost_document(proposal.costs)), png_image(proposal.cost_plot, "cost comparison")),
+        ("3. The return on investment", to_html(roi_document(proposal.roi)), png_image(proposal.roi_plot, "ROI curve")),
     )
     body = "\n".join(
         f"<section><h2>{html.escape(name)}</h2>\n{picture}\n{content}</section>" for name, content, picture in sections
     )
     return (
         f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+        f"<style>{REPORT_STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -82,37 +83,62 @@ class DayOutcome:
         return self.correct / self.requests
 
 
-def replay_day(client: httpx.Client, traffic: TrafficDay, seed: int = 0) -> DayOutcome:
+ProgressHook = Callable[[int, int], None]  # (done, total) calls of the day so far
+
+
+def replay_day(client: httpx.Client, traffic: TrafficDay, seed: int = 0, concurrency: int = 1,
+               on_progress: ProgressHook | None = None) -> DayOutcome:
     """Send the day's requests spread evenly over the day, then the feedback for a share of them.
 
-    Any answer other than 200 raises: a replay that silently lost requests would make every later number lie.
+    What is sent does not depend on ``concurrency`` (unit ids and the labelled share are drawn first, in
+    order); only how many requests are in flight at once. Any answer other than 200 raises: a replay that
+    silently lost requests would make every later number lie.
     """
+    require(concurrency >= 1, f"concurrency must be at least 1, got {concurrency}")
     rng = random.Random(seed)
     start = datetime(traffic.day.year, traffic.day.month, traffic.day.day, tzinfo=UTC)
     step = timedelta(days=1) / len(traffic.texts)
-    answered: list[tuple[str, str, datetime]] = []
-    correct = 0
-    for index, (text, label) in enumerate(zip(traffic.texts, traffic.labels, strict=True)):
-        moment = start + step * (index + 0.5)
+    requests: list[tuple[dict[str, object], datetime]] = []
+    for index, text in enumerate(traffic.texts):
         body: dict[str, object] = {"text": text, "unit_id": f"unit-{rng.randrange(traffic.units)}"}
         if traffic.attributes:
             body["attributes"] = dict(traffic.attributes)
-        response = client.post("/predict", json=body, headers={"X-Event-Time": moment.isoformat()})
+        requests.append((body, start + step * (index + 0.5)))
+    labelled_positions = sorted(rng.sample(range(len(requests)), round(len(requests) * traffic.feedback_share)))
+    total = len(requests) + len(labelled_positions)
+    done = 0
+
+    def predict(item: tuple[dict[str, object], datetime]) -> dict[str, object]:
+        response = client.post("/predict", json=item[0], headers={"X-Event-Time": item[1].isoformat()})
         _require_ok(response, "predict")
-        answer = response.json()
-        correct += int(answer["predictions"][0]["label"] == label)
-        answered.append((answer["request_id"], label, moment))
-    labelled = rng.sample(answered, round(len(answered) * traffic.feedback_share))
-    for request_id, label, moment in labelled:
-        when = moment + timedelta(hours=traffic.feedback_delay_hours)
-        response = client.post("/feedback", json={"request_id": request_id, "label": label},
-                               headers={"X-Event-Time": when.isoformat()})
-        _require_ok(response, "feedback")
-    return DayOutcome(traffic.day, len(answered), len(labelled), correct)
+        answer: dict[str, object] = response.json()
+        return answer
+
+    def feedback(position: int) -> None:
+        when = requests[position][1] + timedelta(hours=traffic.feedback_delay_hours)
+        body = {"request_id": answers[position]["request_id"], "label": traffic.labels[position]}
+        _require_ok(client.post("/feedback", json=body, headers={"X-Event-Time": when.isoformat()}), "feedback")
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    answers: list[dict[str, object]] = []
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for answer in pool.map(predict, requests):
+            answers.append(answer)
+            tick()
+        for _ in pool.map(feedback, labelled_positions):
+            tick()
+    served = [str(answer["predictions"][0]["label"]) for answer in answers]  # type: ignore[index]
+    correct = sum(1 for label, truth in zip(served, traffic.labels, strict=True) if label == truth)
+    return DayOutcome(traffic.day, len(answers), len(labelled_positions), correct)
 
 
-def replay(client: httpx.Client, days: Sequence[TrafficDay], seed: int = 0) -> list[DayOutcome]:
-    return [replay_day(client, day, seed + i) for i, day in enumerate(days)]
+def replay(client: httpx.Client, days: Sequence[TrafficDay], seed: int = 0, concurrency: int = 1) -> list[DayOutcome]:
+    return [replay_day(client, day, seed + i, concurrency) for i, day in enumerate(days)]
 
 
 def _require_ok(response: httpx.Response, what: str) -> None:

@@ -23,7 +23,7 @@ from tl_platform.evaluation.metrics import (
     softmax,
 )
 from tl_platform.tracking.protocol import RunTracker
-from tl_platform.training.callbacks import TrackerCallback
+from tl_platform.training.callbacks import ProgressLogCallback, TrackerCallback
 from tl_platform.training.config import FineTuneConfig
 from tl_platform.training.layerwise import (
     ParameterGroupSummary,
@@ -199,7 +199,8 @@ def fine_tune_classifier(
         eval_dataset=datasets["validation"],
         data_collator=DataCollatorWithPadding(tokenizer),
         optimizers=(optimizer, None),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience), tracker_callback],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience), tracker_callback,
+                   ProgressLogCallback(f"fine-tuning ({config.method})")],
     )
     started = time.perf_counter()
     train_output = trainer.train()

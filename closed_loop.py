@@ -1,0 +1,404 @@
+"""The main command's story: the whole closed loop on the embedded default, driven through this code location.
+
+`tlp run` starts this module (``python -m closed_loop``) with DAGSTER_HOME and TLP_HOME set. It materialises
+the jobs of ``definitions`` in the local instance, one run per step, so every run, asset, check and model
+version is in `tlp ui` and `tlp mlflow-ui` afterwards: the plan, the model stages and the deployment; then
+simulated days of traffic through the real serving API over HTTP, each followed by its monitor partition and a
+tick of the retrain trigger (the daemon's sensor code, at the simulated time); the retrain it requests, the
+candidate's shadow and A/B days with daily decisions; and last the cost report and the ROI curve. Progress goes
+to the terminal, Dagster's event stream to a log file; the state after each step goes to TLP_HOME/story, so an
+interrupted run resumes where it stopped.
+"""
+
+# No `from __future__ import annotations` needed by Dagster here, but kept out for symmetry with assets/.
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import dagster as dg
+
+from definitions import defs
+from resources import (
+    AlertRoute,
+    DeploymentTarget,
+    PredictionLogSource,
+    RetrainPolicy,
+    StageStore,
+    resources_for_environment,
+)
+from resources.catalogue import locate
+from sensors.retrain_trigger import evaluate_trigger, latest_metadata
+from tl_platform.economics.report import PROPOSAL_CATALOGUE_SPECS, Proposal, load_proposal
+from tl_platform.local_state import tlp_home
+from tl_platform.story.progress import Progress, format_duration, training_bars
+from tl_platform.story.records import day_record
+from tl_platform.story.report import write_story_report
+from tl_platform.story.scenario import StoryConfig, StoryDay, load_story_data, timeline, traffic_for
+from tl_platform.story.server import ServingProcess, purge_day
+from tl_platform.story.state import StoryLockedError, StoryMismatchError, StoryState, StoryStore
+from tl_platform.story.summary import summary_lines
+
+STORY_TAG = "tlp/story"
+SERVING_MODEL_NAME = "tlp-classifier"
+STEP_ORDER = ("plan", "models", "days", "proposal", "report")
+
+
+class StepFailed(RuntimeError):
+    """A Dagster run of the story failed; the message names the run and where its events are."""
+
+
+class RecordingAlerts(AlertRoute):
+    """The configured alert route, keeping what it was asked to send so the story can tell it."""
+
+    def send(self, title: str, body: dict[str, object]) -> Any:
+        SENT_ALERTS.append(str(body.get("alert", title)))
+        return super().send(title, body)
+
+
+SENT_ALERTS: list[str] = []
+
+
+class Story:
+    def __init__(self, config: StoryConfig, state: StoryState, store: StoryStore, progress: Progress,
+                 log_path: Path, ops_overrides: dict[str, Any], owner: str) -> None:
+        self.config, self.state, self.store, self.progress = config, state, store, progress
+        self.log_path, self.ops_overrides, self.owner = log_path, ops_overrides, owner
+        self.instance = dg.DagsterInstance.get()
+        resources = resources_for_environment()
+        self.log_url = cast(PredictionLogSource, resources["prediction_log"]).url
+        self.deployment_path = Path(cast(DeploymentTarget, resources["deployment_target"]).path())
+        self.webhook_url = cast(AlertRoute, resources["alerts"]).webhook_url
+        self.stage_store = cast(StageStore, resources["stage_store"])
+        self.home = tlp_home()
+
+    # --- one Dagster run ---------------------------------------------------------------------------------
+    def run_job(self, name: str, ops: dict[str, Any] | None = None, partition_key: str | None = None,
+                tags: dict[str, str] | None = None, asset_selection: list[str] | None = None) -> str:
+        job = defs.resolve_job_def(name)
+        selected = set(asset_selection or [])
+        wanted_ops = {op: value for op, value in merge_ops(ops or {}, self.ops_overrides).items()
+                      if (not selected or op in selected) and _job_has_op(job, op)}
+        result = job.execute_in_process(
+            run_config={"ops": wanted_ops} if wanted_ops else None, instance=self.instance,
+            partition_key=partition_key, tags={STORY_TAG: self.state.fingerprint, **(tags or {})},
+            asset_selection=[dg.AssetKey(a) for a in asset_selection] if asset_selection else None,
+            raise_on_error=False,
+        )
+        if not result.success:
+            where = f" for {partition_key}" if partition_key else ""
+            raise StepFailed(f"{name} run {result.run_id} failed{where}: {first_failure(result)}\n"
+                             f"(its events: `tlp ui` -> Runs, or {self.log_path})")
+        return result.run_id
+
+    def save(self) -> None:
+        self.store.save(self.state)
+
+    @contextmanager
+    def timed(self, name: str, detail: str = "") -> Iterator[None]:
+        """A stage line with its time; the time is kept in the state (and the report) once the stage succeeds."""
+        began = time.monotonic()
+        with self.progress.stage(name, detail):
+            yield
+        self.state.stage_seconds[name] = round(time.monotonic() - began, 1) + self.state.stage_seconds.get(name, 0.0)
+
+    # --- the stages ----------------------------------------------------------------------------------------
+    def plan(self) -> None:
+        if self.state.plan is not None:
+            return
+        with self.timed("transfer plan", "labelled data, foundation model, the recipe the data call for"):
+            labelled = {"labelled_data": {"config": {"domain": self.config.domain}}}
+            self.run_job("plan_job", labelled)
+            found = latest_metadata_unpartitioned(self.instance, "transfer_plan")
+            self.state.plan = {"recommended": found.get("recommended"), "runner_up": found.get("runner_up"),
+                               "run_config": found.get("run_config") or {},
+                               "relative_domain_distance": found.get("relative_domain_distance")}
+            self.progress.line(f"  plan: {found.get('recommended')} (runner-up: {found.get('runner_up')})")
+        self.save()
+
+    def models(self) -> None:
+        if self.state.models_run_id is not None:
+            return
+        assert self.state.plan is not None
+        ops = {op: value for op, value in (self.state.plan.get("run_config") or {}).get("ops", {}).items()
+               if op in ("domain_adapted_model", "task_model")}
+        if self.config.domain_adaptation is not None:
+            ops.setdefault("domain_adapted_model", {"config": {}})["config"]["enabled"] = self.config.domain_adaptation
+        if self.config.task_epochs is not None:
+            ops.setdefault("task_model", {"config": {}})["config"]["epochs"] = self.config.task_epochs
+        ops.setdefault("task_model", {"config": {}})["config"].setdefault("seed", self.config.seed)
+        adaptation = ops.get("domain_adapted_model", {}).get("config", {}).get("enabled", True)
+        detail = f"domain adaptation {'on' if adaptation else 'off'}, {ops['task_model']['config'].get('method', 'lora')}"
+        with self.timed("models", detail + ", export with its gates, deployment"), training_bars(self.progress):
+            self.state.models_run_id = self.run_job(
+                "main_job", ops, asset_selection=["domain_adapted_model", "task_model", "exported_model", "deployment"])
+        deployed = latest_metadata_unpartitioned(self.instance, "deployment")
+        self.state.champion_version = str(deployed["champion_version"])
+        task = latest_metadata_unpartitioned(self.instance, "task_model")
+        self.progress.line(f"  task model: test accuracy {float(task['test_accuracy']):.3f}; serving "
+                           f"v{self.state.champion_version} as champion")
+        self.save()
+
+    def days(self) -> None:
+        days = timeline(self.config, datetime.now(UTC).date())
+        if self.state.days_done >= len(days):
+            return
+        data = load_story_data(self.config)
+        log_url = self.log_url
+        if self.state.replaying is not None:
+            removed = purge_day(log_url, days[self.state.replaying].day)
+            self.progress.line(f"  resuming: removed {removed} logged requests of the interrupted day "
+                               f"{days[self.state.replaying].day}; it is replayed whole")
+        deployment_path = self.deployment_path
+        with self.timed("simulated days", f"{len(days)} days through the serving API; monitors, trigger, A/B"), \
+                ServingProcess(deployment_path, log_url, self.home / "story") as server:
+            began = time.monotonic()
+            for story_day in days[self.state.days_done:]:
+                self.one_day(story_day, data, server, len(days), began)
+
+    def one_day(self, story_day: StoryDay, data: Any, server: "ServingProcess", total: int, began: float) -> None:
+        self.state.replaying = story_day.index
+        self.save()
+        parts = traffic_for(self.config, data, story_day)
+        requests = sum(len(part.texts) for part in parts)
+        calls = [len(part.texts) + round(len(part.texts) * part.feedback_share) for part in parts]
+        label = f"day {story_day.index + 1}/{total} {story_day.day} {story_day.weekday}"
+        day_began = time.monotonic()
+        outcomes = []
+        for i, part in enumerate(parts):
+            offset = sum(calls[:i])
+
+            def on_progress(done: int, _: int, offset: int = offset) -> None:
+                self.progress.bar(label, offset + done, sum(calls), day_began, note=f"{story_day.phase} traffic")
+
+            outcomes.append(server.replay(part, self.config.seed * 7919 + story_day.index * 31 + i,
+                                          self.config.concurrency, on_progress))
+        window = story_day.day.isoformat()
+        self.run_job("monitor_job", partition_key=window)
+        alerts, requested = self.tick(story_day)
+        retrained = self.retrain(requested) if requested else None
+        decision = self.experiment_step(story_day, server)
+        record = day_record(story_day, outcomes, latest_metadata(self.instance, "feature_drift", window),
+                            latest_metadata(self.instance, "canary_accuracy", window), alerts, retrained, decision,
+                            server.versions())
+        self.state.days.append(record)
+        self.state.replaying = None
+        self.save()
+        self.progress.line(f"  {label} {story_day.phase:<8} {requests:>5} requests  {record['line']}  "
+                           f"({format_duration(time.monotonic() - day_began)}; "
+                           f"{format_duration(time.monotonic() - began)} of days so far)")
+
+    def tick(self, story_day: StoryDay) -> tuple[list[str], list[dg.RunRequest]]:
+        """The trigger at the moment the daemon would first judge this window: its end plus the lateness."""
+        policy = RetrainPolicy(cooldown_hours=self.config.cooldown_hours)
+        now = datetime.combine(story_day.day + timedelta(days=1), datetime.min.time(), UTC) + \
+            timedelta(hours=policy.lateness_hours, minutes=1)
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.state.sensor_cursor)
+        SENT_ALERTS.clear()
+        alerts = RecordingAlerts(webhook_url=self.webhook_url)
+        outcome = evaluate_trigger(context, policy, alerts, now)
+        self.state.sensor_cursor = outcome.cursor if isinstance(outcome, dg.SensorResult) else context.cursor
+        requests = list(outcome.run_requests or []) if isinstance(outcome, dg.SensorResult) else []
+        return list(SENT_ALERTS), requests
+
+    def retrain(self, requests: list[dg.RunRequest]) -> dict[str, Any]:
+        request = requests[0]
+        window = str(request.partition_key)
+        if self.state.retrain is not None and self.state.retrain.get("window") == window:
+            return self.state.retrain  # done before an interruption: never twice
+        ops = {"retrained_model": {"config": {"fresh_days": 1, "max_forgetting_points": 2.0}}}
+        tags = {**dict(request.tags), "dagster/sensor_name": "drift_canary_trigger",
+                "tlp/run_key": str(request.run_key)}
+        with self.timed("retrain", f"window {window}: {request.tags.get('tlp/trigger_reasons', '')[:120]}"), \
+                training_bars(self.progress):
+            run_id = self.run_job("retrain_job", ops, partition_key=window, tags=tags)
+        forgetting = (latest_metadata(self.instance, "retrained_model", window) or {}).get("forgetting") or {}
+        candidate = str((latest_metadata(self.instance, "candidate_model", window) or {}).get("registered_version"))
+        self.state.retrain = {"window": window, "run_id": run_id, "candidate_version": candidate,
+                              "forgetting": forgetting, "reasons": request.tags.get("tlp/trigger_reasons", "")}
+        self.save()
+        self.progress.line(f"  candidate version {candidate}: fresh-data gain {forgetting.get('fresh_gain_points')} "
+                           f"points, old test set {forgetting.get('previous_change_points')} points")
+        return self.state.retrain
+
+    def experiment_step(self, story_day: StoryDay, server: "ServingProcess") -> dict[str, Any] | None:
+        """Start the experiment the day after a candidate exists; decide each day once it runs."""
+        retrain, experiment = self.state.retrain, self.state.experiment
+        if retrain is None:
+            return None
+        if experiment is None:
+            start = story_day.day + timedelta(days=1)
+            experiment_id = f"story-{self.state.fingerprint[:6]}-v{retrain['candidate_version']}"
+            config = {"candidate_version": retrain["candidate_version"], "experiment_id": experiment_id,
+                      "start_day": start.isoformat(), "baseline": self.config.ab_baseline, "mde": self.config.ab_mde,
+                      "min_duration_days": self.config.ab_min_days, "max_duration_days": self.config.ab_max_days,
+                      "slices": ["register", "domain"], "routing_salt": f"story-{self.config.seed}",
+                      "shadow_days": self.config.shadow_days, "guardrails": STORY_GUARDRAILS}
+            self.run_job("ab_start_job", {"ab_experiment": {"config": config}})
+            self.state.experiment = {"id": experiment_id, "start_day": start.isoformat(),
+                                     "candidate_version": retrain["candidate_version"], "verdict": None}
+            self.save()
+            server.wait_for(challenger=retrain["candidate_version"])
+            self.progress.line(f"  experiment {experiment_id} starts {start}: "
+                               f"{self.config.shadow_days} shadow day(s), then half the users on the candidate")
+            return None
+        if experiment.get("verdict") not in (None, "keep_running", "shadow") or story_day.day < date.fromisoformat(
+                experiment["start_day"]):
+            return None
+        self.run_job("ab_decision_job", partition_key=story_day.day.isoformat())
+        decided = latest_metadata(self.instance, "ab_decision", story_day.day.isoformat()) or {}
+        experiment.update({"verdict": decided.get("verdict"), "summary": decided.get("summary"),
+                           "reasons": decided.get("reasons"), "decided_day": story_day.day.isoformat()})
+        self.save()
+        if decided.get("verdict") in ("ship", "roll_back", "invalid"):
+            champion = experiment["candidate_version"] if decided["verdict"] == "ship" else None
+            server.wait_for(champion=champion)
+            self.progress.line(f"  A/B decision: {decided.get('verdict')}: {str(decided.get('summary'))[:300]}")
+        return decided
+
+    def proposal(self) -> None:
+        if self.state.proposal_run_id is not None:
+            return
+        with self.timed("cost report and ROI", "from this story's measured runs"):
+            ops = {"cost_report": {"config": {"dagster_run_id": self.state.models_run_id}},
+                   "roi_curve": {"config": {"monitoring_owner": self.owner}}}
+            self.state.proposal_run_id = self.run_job("proposal_job", ops)
+        self.save()
+
+    def load_proposal(self) -> Proposal:
+        located = locate(self.instance, self.stage_store, PROPOSAL_CATALOGUE_SPECS)
+        return load_proposal(*(Path(located[spec]) for spec in PROPOSAL_CATALOGUE_SPECS))
+
+
+STORY_GUARDRAILS = [
+    # a shared 2-core machine's tail latency moves by tens of milliseconds from minute to minute
+    {"name": "p99_latency", "metric": "p99_latency_ms", "limit": 500.0, "direction": "lower", "comparison": "vs_champion"},
+    {"name": "error_rate", "metric": "error_rate", "limit": 0.01, "direction": "lower"},
+    {"name": "standard_accuracy", "metric": "accuracy", "limit": -0.03, "direction": "higher",
+     "comparison": "vs_champion", "slice": {"register": "standard"}},
+]
+
+
+def first_failure(result: dg.ExecuteInProcessResult) -> str:
+    """The failed step and the innermost cause of its error, the sentence a person acts on."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
+            message = error.message.strip() if error is not None else "no error recorded"
+            return f"step {event.step_key}: {message[:800]}"
+    return "no step failed; the run itself did (see its events)"
+
+
+def merge_ops(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Op config of ``override`` over ``base``, field by field (an op named in both keeps the fields of both)."""
+    merged = {op: {"config": dict((value or {}).get("config", {}))} for op, value in base.items()}
+    for op, value in override.items():
+        merged.setdefault(op, {"config": {}})["config"].update((value or {}).get("config", {}))
+    return merged
+
+
+def _job_has_op(job: dg.JobDefinition, op: str) -> bool:
+    return any(node.name == op for node in job.graph.nodes)
+
+
+def latest_metadata_unpartitioned(instance: dg.DagsterInstance, asset: str) -> dict[str, Any]:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        raise StepFailed(f"{asset} has no materialisation in the catalogue")
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance, story: str) -> int:
+    """Runs of this story left STARTED by a killed process: marked failed, their concurrency slots freed."""
+    active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+    orphans = instance.get_runs(dg.RunsFilter(tags={STORY_TAG: story}, statuses=active))
+    for run in orphans:
+        instance.report_run_failed(run)
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return len(orphans)
+
+
+def run_story(config: StoryConfig, progress: Progress, log_path: Path, ops_overrides: dict[str, Any], owner: str,
+              restart: bool = False) -> int:
+    home = tlp_home()
+    store = StoryStore(home)
+    try:
+        with store.lock():
+            if restart and store.path.exists():
+                store.path.rename(store.path.with_name(f"story-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"))
+            state, resumed = store.start_or_resume(config)
+            story = Story(config, state, store, progress, log_path, ops_overrides, owner)
+            if resumed:
+                orphans = fail_orphaned_runs(story.instance, state.fingerprint)
+                progress.line(f"resuming the story in {home}: {state.days_done} of {config.total_days} days done"
+                              + (f"; {orphans} run(s) left running by the stopped command marked failed" if orphans else ""))
+            began = time.monotonic()
+            try:
+                story.plan()
+                story.models()
+                story.days()
+                story.proposal()
+                report = write_story_report(state, config, home / "story" / "report.html", story.load_proposal(),
+                                            {"state": str(store.path), "Dagster events": str(log_path),
+                                             "serving log": str(home / "story" / "serving.log"),
+                                             "prediction log": story.log_url})
+                state.finished = True
+                story.save()
+            except KeyboardInterrupt:
+                story.save()
+                progress.line(f"\nstopped at day {state.days_done + 1} of {config.total_days}: everything before it is "
+                              "kept. Run the same command again to resume there, or add --restart to start over.")
+                return 130
+            except StepFailed as err:
+                story.save()
+                progress.line(f"\ntlp: {err}\nFix the cause and run the same command again to resume.")
+                return 1
+            for line in summary_lines(state, config, report, log_path, time.monotonic() - began):
+                progress.line(line)
+            return 0
+    except (StoryLockedError, StoryMismatchError) as err:
+        progress.line(f"tlp: {err}")
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m closed_loop", description=__doc__.splitlines()[0])
+    parser.add_argument("--story-config", help="JSON of StoryConfig fields (seed, days, volumes, ...)")
+    parser.add_argument("--ops", help="JSON of Dagster op config merged into every run of the story")
+    parser.add_argument("--owner", default="ML platform on-call", help="who owns the monitoring loop (ROI curve)")
+    parser.add_argument("--restart", action="store_true", help="start over instead of resuming a stopped story")
+    args = parser.parse_args(argv)
+    try:
+        config = StoryConfig(**json.loads(args.story_config or "{}"))
+        ops = json.loads(args.ops or "{}")
+    except (TypeError, ValueError) as err:
+        print(f"tlp: bad story settings: {err}", file=sys.stderr)
+        return 2
+    log_path = tlp_home() / "story" / f"events-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The terminal keeps the progress; everything else written to stdout or stderr (Dagster's event stream,
+    # library warnings, native code) goes to the log file, at the descriptor level so nothing slips past.
+    terminal = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    progress = Progress(terminal)
+    progress.line(f"tlp run: the closed loop on the embedded default ({config.total_days} simulated days, seed "
+                  f"{config.seed}); Dagster's events go to {log_path}")
+    with open(log_path, "ab") as log_file:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        started = time.monotonic()
+        code = run_story(config, progress, log_path, ops, args.owner, args.restart)
+    progress.line(f"tlp run: {'done' if code == 0 else 'stopped'} after {format_duration(time.monotonic() - started)}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

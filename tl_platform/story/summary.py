@@ -1,0 +1,85 @@
+"""What happened and why, in sentences: the terminal's closing summary and the report's first section."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tl_platform.story.progress import format_duration
+from tl_platform.story.scenario import StoryConfig
+from tl_platform.story.state import StoryState
+
+
+def _span(days: Sequence[dict[str, Any]]) -> str:
+    return f"days {days[0]['index'] + 1}-{days[-1]['index'] + 1} ({days[0]['day']} to {days[-1]['day']})"
+
+
+def narrative(state: StoryState, config: StoryConfig) -> list[str]:
+    """One sentence per chapter of the story, from the records alone (a resumed story tells the same)."""
+    sentences: list[str] = []
+    if state.plan is not None:
+        sentences.append(f"The transfer plan recommended {state.plan.get('recommended')} (runner-up: "
+                         f"{state.plan.get('runner_up')}), from a relative domain distance of "
+                         f"{state.plan.get('relative_domain_distance')}.")
+    if state.champion_version:
+        sentences.append(f"The task model was exported through its gates and v{state.champion_version} served as "
+                         "champion.")
+    for phase, what in (("steady", f"{config.domain} reviews, the model's own domain"),
+                        ("benign", f"a benign shift to {config.benign_domain} reviews"),
+                        ("harmful", f"a harmful shift: {config.harmful_domain} reviews in slang, "
+                                     f"{config.slang_share:.0%} of traffic")):
+        days = [d for d in state.days if d["phase"] == phase]
+        if not days:
+            continue
+        drifted = sum(1 for d in days if d["drifted"])
+        breached = sum(1 for d in days if d["canary_status"] == "breach")
+        alerts = sum(len(d["alerts"]) for d in days)
+        sentences.append(f"{_span(days).capitalize()}, {what}: drift on {drifted} of {len(days)} days, the canary "
+                         f"breached its SLO on {breached}; {alerts} alert(s) sent.")
+    if state.retrain is not None:
+        forgetting = state.retrain.get("forgetting") or {}
+        sentences.append(
+            f"Drift and a canary breach together in window {state.retrain['window']} triggered a retrain "
+            f"({state.retrain.get('reasons') or 'drift and breach'}); candidate v{state.retrain['candidate_version']} "
+            f"gained {_fmt(forgetting.get('fresh_gain_points'))} points on the window's held-out rows and moved "
+            f"{_fmt(forgetting.get('previous_change_points'))} points on the old test set.")
+    elif any(d["phase"] == "harmful" for d in state.days):
+        sentences.append("No retrain was triggered.")
+    experiment = state.experiment
+    if experiment is not None:
+        verdict = experiment.get("verdict")
+        if verdict in ("ship", "roll_back", "invalid"):
+            sentences.append(f"A/B experiment {experiment['id']} (from {experiment['start_day']}, "
+                             f"{config.shadow_days} shadow day(s) first) decided on {experiment.get('decided_day')}: "
+                             f"{str(verdict).replace('_', ' ')}. {experiment.get('summary') or ''}".strip())
+        else:
+            sentences.append(f"A/B experiment {experiment['id']} was still running when the story ended "
+                             f"({experiment.get('summary') or 'no decision day yet'}).")
+    if state.days:
+        last = state.days[-1]
+        challenger = (f", challenger v{last['challenger']} on {float(last['challenger_share'] or 0):.0%} of users"
+                      if last.get("challenger") else "")
+        sentences.append(f"At the end, champion v{last['champion']} serves{challenger}.")
+    return sentences
+
+
+def summary_lines(state: StoryState, config: StoryConfig, report: Path, log_path: Path, seconds: float) -> list[str]:
+    lines = ["", "What happened:"]
+    lines += [f"  - {sentence}" for sentence in narrative(state, config)]
+    lines += [
+        "",
+        f"Report: {report}  (open it in a browser)",
+        "Dagster UI: `.venv/bin/tlp ui`, then http://127.0.0.1:3000 (runs, assets, checks, the sensor)",
+        "MLflow UI: `.venv/bin/tlp mlflow-ui`, then http://127.0.0.1:5000 (runs, metrics, registered versions)",
+        f"Dagster's event stream: {log_path}",
+        f"This command: {format_duration(seconds)} "
+         "(" + ", ".join(f"{name} {format_duration(s)}" for name, s in state.stage_seconds.items()) + ")",
+    ]
+    return lines
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:+.1f}" if isinstance(value, float) and abs(value) < 100 else f"{value}"
+    return "n/a" if value is None else str(value)
