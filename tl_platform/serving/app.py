@@ -32,6 +32,7 @@ from tl_platform.serving.deployment_watcher import DeploymentWatcher, LiveDeploy
 from tl_platform.serving.log_availability import (
     RETRY_AFTER_S,
     UNAVAILABLE_MESSAGE,
+    LogProbe,
     LogUnavailableError,
     open_with_retry,
 )
@@ -251,6 +252,7 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
                         headers={"Retry-After": str(RETRY_AFTER_S)})
 
     in_flight = InFlightLimit(config.max_in_flight)
+    log_probe = LogProbe(lambda: runtime.log.ping(), config.log_connect_timeout_s + config.log_statement_timeout_s)
 
     def shed(reason: ShedReason, detail: str = "") -> ApiError:
         metrics.shed.labels(reason).inc()
@@ -343,10 +345,11 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
         if not watcher.watching:
             raise ApiError(503, "deployment_watcher", "watcher_running",
                            "deployment_watcher: not running, so record changes would not be served")
-        if not log.writer_alive:
-            raise ApiError(503, "prediction_log", "writer_running", "prediction_log: the log writer is not running")
-        try:  # bounded by the engine's connect and statement timeouts
-            await asyncio.to_thread(log.ping)
+        if not log.writer_alive:  # a commit hung past its deadline, the thread restarting after it died, or gave up
+            raise ApiError(503, "prediction_log", "writer_running",
+                           f"prediction_log: the log writer is not running ({log.writer_state})")
+        try:  # bounded by the connect and statement timeouts, even on a backend that hangs
+            await log_probe.check()
         except Exception as err:
             raise log_unavailable(err, "readyz") from err
         live = watcher.current

@@ -4,11 +4,13 @@ While the log cannot commit, a request cannot be answered (its rows must be dura
 API answers 503 with a generic message: the driver's own message can carry SQL parameters, which in a group
 commit are other callers' rows, so it goes to the server's log only. At start-up the backend may still be
 coming up (compose, Kubernetes): ``open_with_retry`` waits for it with a bounded exponential back-off instead
-of exiting with a traceback.
+of exiting with a traceback. ``/readyz`` checks the log through a ``LogProbe``: one ping at a time, each wait
+bounded, since a backend that hangs (frozen, packets dropped) never trips its own statement timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -61,3 +63,21 @@ def open_with_retry(
                            describe, attempts, cause, pause)
             sleep(pause)
             delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+class LogProbe:
+    """The readiness check of the log: ``check()`` runs ``ping`` on a worker thread and waits at most
+    ``timeout_s`` (then TimeoutError); a ping still running is awaited again instead of starting another, so a
+    hung backend holds one thread however often the probe asks, not one per probe."""
+
+    def __init__(self, ping: Callable[[], None], timeout_s: float) -> None:
+        self.ping = ping
+        self.timeout_s = timeout_s
+        self._running: asyncio.Future[None] | None = None
+
+    async def check(self) -> None:
+        running = self._running
+        if running is None or running.done() or running.get_loop() is not asyncio.get_running_loop():
+            running = self._running = asyncio.ensure_future(asyncio.to_thread(self.ping))
+            running.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
+        await asyncio.wait_for(asyncio.shield(running), self.timeout_s)

@@ -4,11 +4,13 @@ One interface over SQLAlchemy Core; the URL picks the backend (``sqlite:///path.
 with ``synchronous=NORMAL``, or FULL by choice; ``postgresql+psycopg://...`` in production). The schema comes
 from Alembic revisions (``log_migrations``): opening a log migrates it to head under a lock, or, with
 ``migrate=False`` (a ``--no-migrate`` replica), refuses a schema that is not at head. Writes of predictions go
-through a single writer thread that group-commits: it takes every pending row from concurrent requests,
-commits them in one transaction, then resolves their futures. Requests reply only after their future resolves,
-so an answered request is on disk even if the process is killed right after. The pending queue is bounded
-(``max_pending_rows``): past it a submit fails at once with ``LogBacklogError`` (the API answers 503 with
-Retry-After) instead of queueing without bound behind a slow backend.
+through a single writer thread that group-commits (``log_writer``): it takes every pending row from concurrent
+requests, commits them in one transaction, then resolves their futures. Requests reply only after their future
+resolves, so an answered request is on disk even if the process is killed right after. The pending queue is
+bounded (``max_pending_rows``): past it a submit fails at once with ``LogBacklogError`` (the API answers 503 with
+Retry-After) instead of queueing without bound behind a slow backend. A writer thread that dies fails every
+waiting request (503), and is restarted after a bounded back-off (``WriterRestartPolicy``); a commit that hangs
+past the connect and statement timeouts fails its waiting requests too, so no request waits without bound.
 
 Each row carries what monitoring, experiments and retraining read: the text (NULL when capture is off, or
 after ``purge_texts`` passed its retention), typed features (length, tokens, unknown share, truncation,
@@ -21,10 +23,7 @@ the monitoring and retraining reads (``log_readers``): SQL filters and joins, pa
 from __future__ import annotations
 
 import json
-import logging
-import queue
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from tl_platform.serving import log_readers
-from tl_platform.serving.log_availability import LogUnavailableError
 from tl_platform.serving.log_migrations import MigrationOutcome, migrate_log, require_head
 from tl_platform.serving.log_schema import (
     PROJECTION_COLUMNS,
@@ -43,20 +41,17 @@ from tl_platform.serving.log_schema import (
     make_engine,
     version_table_name,
 )
+from tl_platform.serving.log_writer import CommitStats as CommitStats  # re-exported: importers use this module
+from tl_platform.serving.log_writer import GroupCommitWriter, WriterRestartPolicy
+from tl_platform.serving.log_writer import LogBacklogError as LogBacklogError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-logger = logging.getLogger(__name__)
 
 SERVED = log_readers.SERVED  # "served": the answer the caller got
 SHADOW = "shadow"
 _NO_PROJECTION: tuple[None, ...] = (None,) * PROJECTION_COLUMNS
 FEATURE_DTYPES = log_readers.FEATURE_DTYPES  # feature_frame's columns and their pandas dtypes
-
-
-class LogBacklogError(RuntimeError):
-    """The log's pending queue is full (the backend commits slower than requests arrive); nothing was queued."""
 
 
 class UnknownRequestError(LookupError):
@@ -123,15 +118,6 @@ class PredictionRow:
         return data
 
 
-@dataclass(frozen=True)
-class CommitStats:
-    rows: int
-    seconds: float
-
-
-_STOP = object()
-
-
 _utc = log_readers.as_utc  # a naive time is taken to be UTC already (the log stores UTC)
 
 
@@ -140,6 +126,9 @@ class PredictionLog:
 
     ``migrate`` (default): bring the schema to head at construction, once across replicas (a lock);
     ``migrate=False``: raise ``LogSchemaError`` naming the current and the expected revision unless at head.
+    ``writer_restart``: how the writer thread is restarted if it dies (default: 1 s doubling to 30 s, at most 5
+    times in a row without a commit between). With ``statement_timeout_s`` set, a group commit that runs past
+    ``connect_timeout_s + statement_timeout_s`` fails its requests and stalls the writer until it returns.
     """
 
     def __init__(
@@ -153,6 +142,7 @@ class PredictionLog:
         connect_timeout_s: float | None = None,
         statement_timeout_s: float | None = None,
         max_pending_rows: int = 100_000,
+        writer_restart: WriterRestartPolicy | None = None,
     ) -> None:
         if max_pending_rows < 1:
             raise ValueError(f"max_pending_rows must be at least 1, got {max_pending_rows}")
@@ -176,33 +166,32 @@ class PredictionLog:
         finally:
             if schema_engine is not self.engine:
                 schema_engine.dispose()
-        self.max_rows_per_commit = max_rows_per_commit
-        self._on_commit = on_commit
-        self._pending: queue.Queue[Any] = queue.Queue()
-        self.max_pending_rows = max_pending_rows
-        self._pending_rows = 0  # rows queued and not yet taken by the writer
-        self._pending_lock = threading.Lock()
-        self._writer: threading.Thread | None = None
-        self.commits = 0
-        self.failed_commits = 0
+        # A commit may wait for a connection, then run its statements: past both timeouts the backend hangs
+        # (frozen, or packets dropped) rather than refuses, and the waiting requests are failed (503).
+        commit_deadline_s = None if statement_timeout_s is None else (connect_timeout_s or 0.0) + statement_timeout_s
+        self.writer = GroupCommitWriter(self._insert_rows, max_rows_per_commit, max_pending_rows, on_commit,
+                                        writer_restart, commit_deadline_s)
 
     # -- writing predictions -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, name="tlp-log-writer", daemon=True)
-            self._writer.start()
+        """Start the group-commit writer thread (rows submitted before wait for it)."""
+        self.writer.start()
 
     @property
     def writer_alive(self) -> bool:
-        return self._writer is not None and self._writer.is_alive()
+        """The writer takes rows (False before ``start``, while a commit is past its deadline, while the thread
+        restarts after dying, and once it gave up)."""
+        return self.writer.alive
+
+    @property
+    def writer_state(self) -> str:
+        """``idle``, ``running``, ``stalled``, ``restarting`` or ``failed`` (see ``GroupCommitWriter``)."""
+        return self.writer.state
 
     def stop(self, timeout: float = 10.0) -> None:
         """Commit what is pending, then end the writer."""
-        if self._writer is not None:
-            self._pending.put(_STOP)
-            self._writer.join(timeout)
-            self._writer = None
+        self.writer.stop(timeout)
 
     def close(self) -> None:
         self.stop()
@@ -210,84 +199,47 @@ class PredictionLog:
 
     def submit(self, rows: Sequence[PredictionRow]) -> Future[None]:
         """Queue rows for the next group commit; the future resolves once they are committed, or fails with
-        LogUnavailableError (the commit failed, or the writer is not running: nothing would ever commit them), or
-        at once with LogBacklogError when ``max_pending_rows`` are already waiting (the rows are not queued)."""
-        future: Future[None] = Future()
-        if self._writer is not None and not self._writer.is_alive():
-            future.set_exception(LogUnavailableError("the prediction log's writer thread is not running"))
-            return future
-        payload = [row.to_db() for row in rows]  # before counting: a row that fails to convert is never queued
-        with self._pending_lock:
-            if self._pending_rows + len(rows) > self.max_pending_rows:
-                future.set_exception(LogBacklogError(
-                    f"prediction log: {self._pending_rows} of {self.max_pending_rows} rows wait for a commit, "
-                    f"no room for {len(rows)} more"
-                ))
-                return future
-            self._pending_rows += len(rows)
-        self._pending.put((payload, future))
-        return future
+        LogUnavailableError (the commit failed, or the writer is not running or died: nothing would ever commit
+        them), or at once with LogBacklogError when ``max_pending_rows`` are already waiting (nothing queued)."""
+        return self.writer.submit([row.to_db() for row in rows])  # a row that fails to convert is never queued
 
     @property
     def pending_rows(self) -> int:
-        return self._pending_rows
+        return self.writer.pending_rows
 
-    def _taken(self, entry: tuple[list[dict[str, Any]], Future[None]]) -> tuple[list[dict[str, Any]], Future[None]]:
-        with self._pending_lock:
-            self._pending_rows -= len(entry[0])
-        return entry
+    @property
+    def max_rows_per_commit(self) -> int:
+        return self.writer.max_rows_per_commit
+
+    @property
+    def max_pending_rows(self) -> int:
+        return self.writer.max_pending_rows
+
+    @property
+    def commits(self) -> int:
+        return self.writer.commits
+
+    @property
+    def failed_commits(self) -> int:
+        return self.writer.failed_commits
+
+    @property
+    def _writer(self) -> threading.Thread | None:  # the writer's current thread (older tests reach for it)
+        return self.writer.thread
+
+    @property
+    def _pending(self) -> Any:  # the writer's queue (older tests inject into it)
+        return self.writer.queue
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """One group commit: every row in one transaction (the writer thread's ``write``)."""
+        with self.engine.begin() as connection:
+            connection.execute(self.predictions.insert(), rows)
 
     def ping(self) -> None:
         """One trivial query (under the engine's connect and statement timeouts); raises if the backend fails."""
         with self.engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
-
-    def _write_loop(self) -> None:
-        while True:
-            first = self._pending.get()
-            if first is _STOP:
-                return
-            group = [self._taken(first)]
-            rows = len(first[0])
-            stop_after = False
-            while rows < self.max_rows_per_commit:
-                try:
-                    entry = self._pending.get_nowait()
-                except queue.Empty:
-                    break
-                if entry is _STOP:
-                    stop_after = True
-                    break
-                group.append(self._taken(entry))
-                rows += len(entry[0])
-            self._commit(group)
-            if stop_after:
-                return
-
-    def _commit(self, group: list[tuple[list[dict[str, Any]], Future[None]]]) -> None:
-        rows = [row for entry_rows, _ in group for row in entry_rows]
-        started = time.perf_counter()
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(self.predictions.insert(), rows)
-        except Exception as err:
-            # The driver's message can quote the group's rows (other callers' texts): it goes to this log only;
-            # every waiting request gets a generic error and answers 503.
-            self.failed_commits += 1
-            logger.exception("group commit of %d rows failed", len(rows))
-            for _, future in group:
-                unavailable = LogUnavailableError("the prediction log could not commit")
-                unavailable.__cause__ = err
-                future.set_exception(unavailable)
-            return
-        self.commits += 1
-        for _, future in group:
-            future.set_result(None)
-        if self._on_commit is not None:
-            try:
-                self._on_commit(CommitStats(len(rows), time.perf_counter() - started))
-            except Exception:  # a metrics hook must not end the writer (every later request would wait forever)
-                logger.exception("on_commit hook failed after a commit of %d rows", len(rows))
 
     # -- retention -----------------------------------------------------------------------------------------
 
