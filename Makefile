@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint unit integration bench clean
 
-# Set up and run the main job on the embedded default (bundled data, packaged MiniLM, CPU).
+# Set up and run the main command on the embedded default: the whole closed loop on simulated days (CPU).
 demo: $(STAMP)
 	$(BIN)/tlp run
 

@@ -38,6 +38,7 @@ from resources.catalogue import locate
 from sensors.retrain_trigger import evaluate_trigger, latest_metadata
 from tl_platform.economics.report import PROPOSAL_CATALOGUE_SPECS, Proposal, load_proposal
 from tl_platform.local_state import tlp_home
+from tl_platform.monitoring.trigger import TriggerState
 from tl_platform.story.progress import Progress, format_duration, training_bars
 from tl_platform.story.records import day_record
 from tl_platform.story.report import write_story_report
@@ -147,9 +148,13 @@ class Story:
         self.save()
 
     def days(self) -> None:
-        days = timeline(self.config, datetime.now(UTC).date())
+        days = timeline(self.config, date.fromisoformat(self.state.first_day))
         if self.state.days_done >= len(days):
             return
+        if self.state.sensor_cursor is None:
+            # the trigger is switched on with the deployment: it judges the story's windows, not the days before
+            before = (days[0].day - timedelta(days=1)).isoformat()
+            self.state.sensor_cursor = json.dumps(TriggerState(last_judged_window=before).to_json(), sort_keys=True)
         data = load_story_data(self.config)
         log_url = self.log_url
         if self.state.replaying is not None:

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages-only", action="store_true", help="only the main job: labelled data to deployment")
     run.add_argument("--job", default="main_job", help="with --stages-only: the Dagster job to execute")
     run.add_argument("--seed", type=int, default=7, help="the story's seed (traffic, training, routing)")
-    run.add_argument("--quick", action="store_true", help="the shortened story the end-to-end test runs (6 days)")
+    run.add_argument("--quick", action="store_true", help="the shortened story the end-to-end test runs (7 days)")
     run.add_argument("--restart", action="store_true", help="start the story over instead of resuming a stopped one")
     run.add_argument("--owner", default="ML platform on-call", help="who owns the monitoring loop (the ROI curve)")
     run.add_argument("--domain", choices=("amazon", "yelp", "imdb"), help="bundled domain (default amazon)")

@@ -21,6 +21,7 @@ from tl_platform.story.scenario import (
     StoryConfig,
     StoryDay,
     day_volume,
+    first_day,
     load_story_data,
     shortened,
     timeline,
@@ -33,7 +34,7 @@ from tl_platform.story.summary import narrative
 class TestStoryConfig:
     def test_the_default_story_is_thirty_days_or_more(self) -> None:
         config = StoryConfig()
-        days = timeline(config, date(2026, 11, 26))
+        days = timeline(config, first_day(config, date(2026, 11, 26)))
         assert len(days) == config.total_days >= 30
         assert days[-1].day == date(2026, 11, 23)  # ends days_ago_end (3) days before today: windows complete
         assert [d.phase for d in days].count("benign") == config.benign_days
@@ -63,9 +64,9 @@ class TestStoryConfig:
 
 class TestTraffic:
     def test_phases_bring_their_domains_and_the_harmful_days_mix_slang_with_the_own_domain(self) -> None:
-        config = shortened(weekday_requests=60)
+        config = shortened(weekday_requests=60, slang_share=2 / 3)
         data = load_story_data(config)
-        days = timeline(config, date(2026, 11, 26))
+        days = timeline(config, date(2026, 11, 20))
         steady, benign, harmful = (traffic_for(config, data, days[i]) for i in (0, 1, 2))
         assert [p.attributes["domain"] for p in steady] == ["amazon"]
         assert [p.attributes["domain"] for p in benign] == ["yelp"]
@@ -90,7 +91,7 @@ class TestTraffic:
     def test_a_day_is_the_same_traffic_every_time_and_differs_by_seed(self) -> None:
         config = shortened(weekday_requests=80)
         data = load_story_data(config)
-        day = timeline(config, date(2026, 11, 26))[3]
+        day = timeline(config, date(2026, 11, 20))[3]
         assert traffic_for(config, data, day) == traffic_for(config, data, day)
         other = shortened(weekday_requests=80, seed=8)
         assert traffic_for(other, load_story_data(other), day)[0].texts != traffic_for(config, data, day)[0].texts

@@ -94,9 +94,11 @@ class StoryConfig:
 
 def shortened(**overrides: object) -> StoryConfig:
     """The same story in a few days: the end-to-end test's configuration (same code path, fewer days)."""
+    # Two A/B days must detect a gain the retrain makes from one day of feedback: the harmful days are all slang
+    # (a +4-point gain on a third of standard traffic would be diluted below what 3,000 requests can see).
     values: dict[str, object] = {
-        "steady_days": 1, "benign_days": 1, "harmful_days": 4, "learn_days": 1, "weekday_requests": 1500,
-        "shadow_days": 1, "ab_min_days": 2, "ab_max_days": 2, "ab_mde": 0.1, "task_epochs": 5,
+        "steady_days": 1, "benign_days": 1, "harmful_days": 5, "learn_days": 1, "weekday_requests": 1500,
+        "slang_share": 1.0, "shadow_days": 1, "ab_min_days": 2, "ab_max_days": 3, "ab_mde": 0.1, "task_epochs": 5,
         "domain_adaptation": False,
     }
     values.update(overrides)
@@ -114,9 +116,14 @@ class StoryDay:
         return self.day.strftime("%a")
 
 
-def timeline(config: StoryConfig, today: date) -> list[StoryDay]:
-    """Every simulated day, oldest first, ending ``days_ago_end`` days before ``today``."""
-    first = today - timedelta(days=config.days_ago_end + config.total_days - 1)
+def first_day(config: StoryConfig, today: date) -> date:
+    """The first simulated day of a story started ``today``: its last day ends ``days_ago_end`` days before."""
+    return today - timedelta(days=config.days_ago_end + config.total_days - 1)
+
+
+def timeline(config: StoryConfig, first: date) -> list[StoryDay]:
+    """Every simulated day, oldest first, from ``first`` (kept in the state, so a story resumed tomorrow keeps
+    its dates)."""
     steady: list[WorldPhase] = ["steady"]
     benign: list[WorldPhase] = ["benign"]
     harmful: list[WorldPhase] = ["harmful"]

@@ -14,10 +14,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tl_platform.story.scenario import StoryConfig
+from tl_platform.story.scenario import StoryConfig, first_day
 
 STATE_FILE = "story.json"
 LOCK_FILE = "story.lock"
@@ -41,6 +42,7 @@ class StoryState:
 
     fingerprint: str
     config: dict[str, Any]
+    first_day: str = ""  # ISO date of the first simulated day, fixed when the story starts
     stage_seconds: dict[str, float] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     models_run_id: str | None = None
@@ -98,7 +100,9 @@ class StoryStore:
                     f"{_differences(stored.config, config.to_json())}); run again with the same settings to resume "
                     "it, or with --restart to start over")
             return stored, True
-        return StoryState(fingerprint=wanted, config=config.to_json()), False
+        today = datetime.now(UTC).date()
+        return StoryState(fingerprint=wanted, config=config.to_json(),
+                          first_day=first_day(config, today).isoformat()), False
 
     def save(self, state: StoryState) -> None:
         temporary = self.path.with_suffix(".json.tmp")

@@ -27,8 +27,8 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
                          "champion.")
     for phase, what in (("steady", f"{config.domain} reviews, the model's own domain"),
                         ("benign", f"a benign shift to {config.benign_domain} reviews"),
-                        ("harmful", f"a harmful shift: {config.harmful_domain} reviews in slang, "
-                                     f"{config.slang_share:.0%} of traffic")):
+                        ("harmful", (f"a harmful shift: {config.harmful_domain} reviews in slang, "
+                                     f"{config.slang_share:.0%} of traffic"))):
         days = [d for d in state.days if d["phase"] == phase]
         if not days:
             continue

@@ -1,0 +1,109 @@
+"""The main command end to end, on its shortened story (``tlp run --quick``: the same code path, seven days).
+
+MiniLM is fine-tuned on amazon reviews and served over HTTP; a day of amazon traffic, a day of yelp (benign:
+drift, the canary holds, an alert), then five days of imdb reviews in slang (harmful: drift and a breach, a
+retrain, its candidate shadowed for a day and then A/B tested against the champion from the next day, 1,500
+requests a day from 600 users, and shipped). The command is killed (SIGKILL, the whole process group)
+while it replays the second day and run again: it must resume there, without counting that day twice or
+retraining twice, and end with the report.
+
+Measured for the story this configuration shortens (closed_loop.py, bench/retrain_recovery.py): the amazon
+model scores about 0.70 on held-out slang reviews and the retrain recovers part of it (+4 to +14 points on
+held-out slang from run to run), which two days of 1,000 slang requests detect (an MDE of 0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from tl_platform.serving.log_schema import log_tables
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+# The export gates are tested on their own (tests/unit/test_export.py); on a shared CI machine a noisy p99 or
+# one borderline INT8 flip would fail this loop for reasons it is not about.
+GATES = {"latency_requests": 50, "latency_budget_p99_ms": 500.0}
+OPS = {"ops": {"exported_model": {"config": GATES}, "candidate_model": {"config": GATES}}}
+
+
+def _tlp(home: Path, config: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "TLP_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("TLP_PREDICTION_LOG_URL", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([str(Path(sys.executable).parent / "tlp"), "run", "--quick", "--config", str(config)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _state(home: Path) -> dict[str, Any]:
+    path = home / "story" / "story.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@pytest.mark.timeout(3600)  # two MiniLM trainings and six days; about 12 minutes on 2 quiet cores
+def test_the_story_alerts_on_the_benign_shift_retrains_on_the_harmful_one_ships_and_resumes_after_a_kill(
+    tmp_path: Path,
+) -> None:
+    home, config = tmp_path / "home", tmp_path / "ops.json"
+    config.write_text(json.dumps(OPS))
+    first = _tlp(home, config)
+    deadline = time.monotonic() + 2400
+    while time.monotonic() < deadline and first.poll() is None:
+        state = _state(home)
+        if len(state.get("days", [])) == 1 and state.get("replaying") == 1:
+            time.sleep(3)  # in the middle of the second day's requests
+            break
+        time.sleep(1)
+    assert first.poll() is None, f"the first run ended before day 2: {first.communicate()[0][-3000:]}"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+
+    second = _tlp(home, config)
+    output, _ = second.communicate(timeout=3000)
+    assert second.returncode == 0, output[-5000:]
+    assert "resuming the story" in output and "removed" in output, output[:3000]
+    assert "What happened:" in output and "report.html" in output
+
+    state = _state(home)
+    days = state["days"]
+    assert [d["phase"] for d in days] == ["steady", "benign", "harmful", "harmful", "harmful", "harmful", "harmful"]
+    steady, benign, harmful = days[0], days[1], days[2]
+    assert steady["canary_status"] == "holds", steady["line"]
+    assert benign["drifted"] is True and benign["canary_status"] == "holds", benign["line"]
+    assert benign["alerts"], benign  # one signal alone alerts and retrains nothing
+    assert harmful["drifted"] is True and harmful["canary_status"] == "breach", harmful["line"]
+    assert harmful["retrain_window"] == harmful["day"] and state["retrain"]["window"] == harmful["day"]
+    assert [d["retrain_window"] for d in days].count(None) == len(days) - 1  # one retrain in the story
+
+    candidate = state["retrain"]["candidate_version"]
+    assert state["experiment"]["verdict"] == "ship", state["experiment"]
+    assert days[-1]["champion"] == candidate, days[-1]
+    assert any(d["shadow"] for d in days), "the candidate was shadowed before the split"
+
+    instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
+    retrains = instance.get_run_records(dg.RunsFilter(job_name="retrain_job", statuses=[dg.DagsterRunStatus.SUCCESS]))
+    assert len(retrains) == 1
+
+    # the killed day was removed and sent again whole: the log holds each day's answers once
+    tables = log_tables("")
+    engine = sa.create_engine(f"sqlite:///{home / 'predictions.db'}")
+    with engine.connect() as connection:
+        served = connection.execute(sa.select(sa.func.count()).select_from(tables.predictions)
+                                    .where(tables.predictions.c.role == "served")).scalar_one()
+    engine.dispose()
+    assert served == sum(d["requests"] for d in days)
+
+    report = (home / "story" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 6  # traffic, drift, canary, A/B, cost, ROI
+    assert "ship" in report
