@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -42,7 +43,7 @@ from tl_platform.monitoring.trigger import TriggerState
 from tl_platform.story.progress import Progress, format_duration, training_bars
 from tl_platform.story.records import day_record
 from tl_platform.story.report import write_story_report
-from tl_platform.story.scenario import StoryConfig, StoryDay, load_story_data, timeline, traffic_for
+from tl_platform.story.scenario import StoryConfig, StoryDay, first_day, load_story_data, timeline, traffic_for
 from tl_platform.story.server import ServingProcess, purge_day
 from tl_platform.story.state import StoryLockedError, StoryMismatchError, StoryState, StoryStore
 from tl_platform.story.summary import summary_lines
@@ -148,6 +149,9 @@ class Story:
         self.save()
 
     def days(self) -> None:
+        if not self.state.first_day:  # a state written before dates were kept: its first recorded day
+            self.state.first_day = self.state.days[0]["day"] if self.state.days else first_day(
+                self.config, datetime.now(UTC).date()).isoformat()
         days = timeline(self.config, date.fromisoformat(self.state.first_day))
         if self.state.days_done >= len(days):
             return
@@ -221,7 +225,7 @@ class Story:
         ops = {"retrained_model": {"config": {"fresh_days": 1, "max_forgetting_points": 2.0}}}
         tags = {**dict(request.tags), "dagster/sensor_name": "drift_canary_trigger",
                 "tlp/run_key": str(request.run_key)}
-        with self.timed("retrain", f"window {window}: {request.tags.get('tlp/trigger_reasons', '')[:120]}"), \
+        with self.timed("retrain", f"drift and a canary breach in window {window}: fresh feedback plus replay"), \
                 training_bars(self.progress):
             run_id = self.run_job("retrain_job", ops, partition_key=window, tags=tags)
         forgetting = (latest_metadata(self.instance, "retrained_model", window) or {}).get("forgetting") or {}
@@ -229,8 +233,8 @@ class Story:
         self.state.retrain = {"window": window, "run_id": run_id, "candidate_version": candidate,
                               "forgetting": forgetting, "reasons": request.tags.get("tlp/trigger_reasons", "")}
         self.save()
-        self.progress.line(f"  candidate version {candidate}: fresh-data gain {forgetting.get('fresh_gain_points')} "
-                           f"points, old test set {forgetting.get('previous_change_points')} points")
+        self.progress.line(f"  candidate v{candidate}: {_points(forgetting.get('fresh_gain_points'))} on the window's "
+                           f"held-out rows, {_points(forgetting.get('previous_change_points'))} on the old test set")
         return self.state.retrain
 
     def experiment_step(self, story_day: StoryDay, server: "ServingProcess") -> dict[str, Any] | None:
@@ -265,15 +269,15 @@ class Story:
         if decided.get("verdict") in ("ship", "roll_back", "invalid"):
             champion = experiment["candidate_version"] if decided["verdict"] == "ship" else None
             server.wait_for(champion=champion)
-            self.progress.line(f"  A/B decision: {decided.get('verdict')}: {str(decided.get('summary'))[:300]}")
+            self.progress.line(f"  A/B decision: {str(decided.get('summary'))[:400]}")
         return decided
 
     def proposal(self) -> None:
         if self.state.proposal_run_id is not None:
             return
         with self.timed("cost report and ROI", "from this story's measured runs"):
-            ops = {"cost_report": {"config": {"dagster_run_id": self.state.models_run_id}},
-                   "roi_curve": {"config": {"monitoring_owner": self.owner}}}
+            # the cost report prices the newest run of each stage: this story's plan and model runs
+            ops = {"roi_curve": {"config": {"monitoring_owner": self.owner}}}
             self.state.proposal_run_id = self.run_job("proposal_job", ops)
         self.save()
 
@@ -289,6 +293,10 @@ STORY_GUARDRAILS = [
     {"name": "standard_accuracy", "metric": "accuracy", "limit": -0.03, "direction": "higher",
      "comparison": "vs_champion", "slice": {"register": "standard"}},
 ]
+
+
+def _points(value: object) -> str:
+    return f"{value:+.1f} points" if isinstance(value, int | float) else "n/a"
 
 
 def first_failure(result: dg.ExecuteInProcessResult) -> str:
@@ -366,6 +374,13 @@ def run_story(config: StoryConfig, progress: Progress, log_path: Path, ops_overr
             except StepFailed as err:
                 story.save()
                 progress.line(f"\ntlp: {err}\nFix the cause and run the same command again to resume.")
+                return 1
+            except Exception as err:  # reported, with the traceback in the log, never hidden
+                story.save()
+                traceback.print_exc()
+                progress.line(f"\ntlp: the story stopped on an unexpected error: {type(err).__name__}: {err}\n"
+                              f"The traceback is at the end of {log_path}; the same command resumes after the last "
+                              "finished step.")
                 return 1
             for line in summary_lines(state, config, report, log_path, time.monotonic() - began):
                 progress.line(line)

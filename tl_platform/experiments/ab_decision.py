@@ -228,7 +228,8 @@ def decide(spec: ExperimentSpec, aggregates: ExperimentAggregates, started: date
             f"[{_fmt(primary.ci_low)}, {_fmt(primary.ci_high)}], p {_fmt(primary.p_value)}")
         if unmeasured:
             return verdict("keep_running", f"the challenger is better ({why}), but guardrails {unmeasured} are not measured yet")
-        return verdict("ship", f"challenger better: {why}", "every guardrail within its limit; no slice harmed; "
+        better = why if why.startswith("challenger better") else f"challenger better: {why}"
+        return verdict("ship", better, "every guardrail within its limit; no slice harmed; "
                                f"sample ratio as planned (p {_fmt(srm.p_value)})")
     if all(observed[a] >= required[a] for a in required):
         return verdict("roll_back", f"the planned sample was reached without a significant gain: difference "

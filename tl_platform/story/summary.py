@@ -12,6 +12,8 @@ from tl_platform.story.state import StoryState
 
 
 def _span(days: Sequence[dict[str, Any]]) -> str:
+    if len(days) == 1:
+        return f"day {days[0]['index'] + 1} ({days[0]['day']})"
     return f"days {days[0]['index'] + 1}-{days[-1]['index'] + 1} ({days[0]['day']} to {days[-1]['day']})"
 
 
@@ -21,7 +23,7 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
     if state.plan is not None:
         sentences.append(f"The transfer plan recommended {state.plan.get('recommended')} (runner-up: "
                          f"{state.plan.get('runner_up')}), from a relative domain distance of "
-                         f"{state.plan.get('relative_domain_distance')}.")
+                         f"{_fmt_plain(state.plan.get('relative_domain_distance'))} (far from 1.4).")
     if state.champion_version:
         sentences.append(f"The task model was exported through its gates and v{state.champion_version} served as "
                          "champion.")
@@ -39,9 +41,14 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
                          f"breached its SLO on {breached}; {alerts} alert(s) sent.")
     if state.retrain is not None:
         forgetting = state.retrain.get("forgetting") or {}
+        window = next((d for d in state.days if d["day"] == state.retrain["window"]), None)
+        why = "drift and a canary breach"
+        if window is not None and window.get("canary_accuracy") is not None:
+            why = (f"drift ({len(window['drifted_features'])} features) and a canary breach (accuracy "
+                   f"{window['canary_accuracy']:.3f}, upper bound {window['ci_high']:.3f} below the SLO)")
         sentences.append(
-            f"Drift and a canary breach together in window {state.retrain['window']} triggered a retrain "
-            f"({state.retrain.get('reasons') or 'drift and breach'}); candidate v{state.retrain['candidate_version']} "
+            f"In window {state.retrain['window']}, {why} together triggered a retrain on that day's feedback "
+            f"plus replay; candidate v{state.retrain['candidate_version']} "
             f"gained {_fmt(forgetting.get('fresh_gain_points'))} points on the window's held-out rows and moved "
             f"{_fmt(forgetting.get('previous_change_points'))} points on the old test set.")
     elif any(d["phase"] == "harmful" for d in state.days):
@@ -52,7 +59,7 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
         if verdict in ("ship", "roll_back", "invalid"):
             sentences.append(f"A/B experiment {experiment['id']} (from {experiment['start_day']}, "
                              f"{config.shadow_days} shadow day(s) first) decided on {experiment.get('decided_day')}: "
-                             f"{str(verdict).replace('_', ' ')}. {experiment.get('summary') or ''}".strip())
+                             f"{str(verdict).replace('_', ' ')}: " + "; ".join(experiment.get("reasons") or []) + ".")
         else:
             sentences.append(f"A/B experiment {experiment['id']} was still running when the story ended "
                              f"({experiment.get('summary') or 'no decision day yet'}).")
@@ -67,14 +74,16 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
 def summary_lines(state: StoryState, config: StoryConfig, report: Path, log_path: Path, seconds: float) -> list[str]:
     lines = ["", "What happened:"]
     lines += [f"  - {sentence}" for sentence in narrative(state, config)]
+    total = sum(state.stage_seconds.values())
     lines += [
         "",
         f"Report: {report}  (open it in a browser)",
         "Dagster UI: `.venv/bin/tlp ui`, then http://127.0.0.1:3000 (runs, assets, checks, the sensor)",
         "MLflow UI: `.venv/bin/tlp mlflow-ui`, then http://127.0.0.1:5000 (runs, metrics, registered versions)",
         f"Dagster's event stream: {log_path}",
-        f"This command: {format_duration(seconds)} "
-         "(" + ", ".join(f"{name} {format_duration(s)}" for name, s in state.stage_seconds.items()) + ")",
+        f"Time: {format_duration(total)} in all stages"
+        + (f" ({format_duration(seconds)} in this command, which resumed the story)" if seconds < total - 1 else "")
+        + ": " + ", ".join(f"{name} {format_duration(s)}" for name, s in state.stage_seconds.items()),
     ]
     return lines
 
@@ -83,3 +92,7 @@ def _fmt(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:+.1f}" if isinstance(value, float) and abs(value) < 100 else f"{value}"
     return "n/a" if value is None else str(value)
+
+
+def _fmt_plain(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

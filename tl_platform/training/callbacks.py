@@ -67,6 +67,8 @@ class ProgressLogCallback(TrainerCallback):
         self._report(args, state)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            return  # the last epoch's report already closed the bar
         # early stopping ends before max_steps: close the bar at what was done
         self.logger.info("%s: done", self.phase, extra={"tlp_progress": {
             "phase": self.phase, "step": state.global_step, "steps": state.global_step,
