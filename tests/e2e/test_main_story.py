@@ -27,6 +27,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from tests.browser import ink_share, screenshot
 from tl_platform.serving.log_schema import log_tables
 
 pytestmark = pytest.mark.integration
@@ -104,6 +105,8 @@ def test_the_story_alerts_on_the_benign_shift_retrains_on_the_harmful_one_ships_
     engine.dispose()
     assert served == sum(d["requests"] for d in days)
 
-    report = (home / "story" / "report.html").read_text()
-    assert report.count("data:image/png;base64,") >= 6  # traffic, drift, canary, A/B, cost, ROI
-    assert "ship" in report
+    report = home / "story" / "report.html"
+    assert report.read_text().count("data:image/png;base64,") >= 6  # traffic, drift, canary, A/B, cost, ROI
+    assert "ship" in report.read_text()
+    shot = screenshot(report.as_uri(), "story-report-e2e.png")
+    assert ink_share(shot) > 0.05

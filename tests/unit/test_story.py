@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tl_platform.simulation.traffic import DayOutcome
+from tests.story_fixtures import story_day_record
 from tl_platform.story.progress import PROGRESS_LOGGER, Progress, format_duration, training_bars
-from tl_platform.story.records import day_record
 from tl_platform.story.report import render_story_html
 from tl_platform.story.scenario import (
     StoryConfig,
-    StoryDay,
     day_volume,
     first_day,
     load_story_data,
@@ -152,7 +150,7 @@ class TestStoryState:
     def test_a_corrupt_state_file_is_refused_with_what_to_do(self, tmp_path: Path) -> None:
         store = StoryStore(tmp_path)
         store.path.write_text("{not json")
-        with pytest.raises(StoryMismatchError, match="not a story state file.*--restart"):
+        with pytest.raises(StoryMismatchError, match=r"not a story state file.*--restart"):
             store.start_or_resume(shortened())
 
     def test_a_second_command_on_the_same_home_is_refused_naming_the_holder(self, tmp_path: Path) -> None:
@@ -172,21 +170,6 @@ class TestStoryState:
             assert (store.directory / "story.lock").read_text() == f"pid {os.getpid()}"
 
 
-def _record(index: int, phase: str, drifted: bool, canary: str, accuracy: float, **extra: object) -> dict[str, object]:
-    from datetime import timedelta
-
-    day = StoryDay(index, date(2026, 11, 1) + timedelta(days=index), phase)  # type: ignore[arg-type]
-    drift = {"drifted": drifted, "drift_status": "drifted" if drifted else "ok",
-             "drifted_features": ["embedding"] if drifted else [], "scores": {"embedding": 0.3, "length": 0.01},
-             "thresholds": {"embedding": 0.1, "length": 0.1}}
-    canary_meta = {"canary_status": canary, "accuracy": accuracy, "ci_low": accuracy - 0.03,
-                   "ci_high": accuracy + 0.03, "n_labelled": 400, "slo": 0.85}
-    outcome = DayOutcome(day.day, 500, 400, round(500 * accuracy))
-    return day_record(day, [outcome], drift, canary_meta, list(extra.get("alerts", [])),  # type: ignore[call-overload]
-                      extra.get("retrain"), extra.get("decision"),  # type: ignore[arg-type]
-                      {"champion_version": "1", "challenger_version": None, "challenger_share": 0.0, "shadow": False})
-
-
 class TestRecordsAndReport:
     def test_the_narrative_and_the_report_tell_what_happened(self) -> None:
         config = shortened()
@@ -198,10 +181,10 @@ class TestRecordsAndReport:
         decision = {"verdict": "ship", "summary": "ship: +6 points", "reasons": ["better"], "days_run": 2,
                     "primary": {"difference": 0.06, "ci_low": 0.02, "ci_high": 0.1}}
         state.days = [
-            _record(0, "steady", False, "holds", 0.96),
-            _record(1, "benign", True, "holds", 0.92, alerts=["drift without a canary breach"]),
-            _record(2, "harmful", True, "breach", 0.78, retrain=retrain),
-            _record(3, "harmful", True, "breach", 0.80, decision=decision),
+            story_day_record(0, "steady", False, "holds", 0.96),
+            story_day_record(1, "benign", True, "holds", 0.92, alerts=["drift without a canary breach"]),
+            story_day_record(2, "harmful", True, "breach", 0.78, retrain=retrain),
+            story_day_record(3, "harmful", True, "breach", 0.80, decision=decision),
         ]
         state.retrain = retrain
         state.experiment = {"id": "story-v2", "start_day": "2026-11-04", "verdict": "ship", "decided_day": "2026-11-04",
@@ -218,7 +201,7 @@ class TestRecordsAndReport:
     def test_a_story_without_a_retrain_says_so(self) -> None:
         config = shortened()
         state = StoryState(fingerprint="f", config=config.to_json())
-        state.days = [_record(2, "harmful", True, "holds", 0.9)]
+        state.days = [story_day_record(2, "harmful", True, "holds", 0.9)]
         assert "No retrain was triggered." in narrative(state, config)
         assert "No experiment ran" in render_story_html(state, config, None, {})
         assert json.loads(json.dumps(state.to_json()))["days"][0]["canary_status"] == "holds"
