@@ -3,7 +3,7 @@
 Traffic goes through the serving app (in process) with unit ids and simulated event times, so routing, the
 experiment's salt and the log are the real ones. The tiny models' answers are near chance, so the feedback
 decides which arm looks better: the true label agrees with the served one at a rate set per arm and slice.
-The real-data story over a real server is tests/e2e/test_closed_loop.py.
+The real-data story over a real server is tests/e2e/test_main_story.py (the main command).
 """
 
 from __future__ import annotations

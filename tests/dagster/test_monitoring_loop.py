@@ -2,7 +2,7 @@
 
 Traffic goes through the serving app itself (in process) with simulated event times. The tiny model's own
 accuracy is near chance, so which windows breach is set by the SLO each canary run is given; the real-data
-story (MiniLM, a benign and a harmful shift) is tests/e2e/test_closed_loop.py.
+story (MiniLM, a benign and a harmful shift) is tests/e2e/test_main_story.py (the main command).
 """
 
 from __future__ import annotations
