@@ -205,3 +205,27 @@ class TestRecordsAndReport:
         assert "No retrain was triggered." in narrative(state, config)
         assert "No experiment ran" in render_story_html(state, config, None, {})
         assert json.loads(json.dumps(state.to_json()))["days"][0]["canary_status"] == "holds"
+
+
+class TestRunCommand:
+    def test_flags_choose_the_story_and_the_op_config_travels_with_it(self) -> None:
+        from tl_platform.cli import build_parser, run_config_from_args
+        from tl_platform.story.command import story_settings
+
+        args = build_parser().parse_args(["run", "--domain", "imdb", "--epochs", "3", "--skip-domain-adaptation",
+                                          "--method", "full", "--seed", "11"])
+        config, ops = story_settings(args, run_config_from_args(args))
+        assert (config.domain, config.benign_domain, config.harmful_domain) == ("imdb", "amazon", "yelp")
+        assert config.seed == 11 and config.task_epochs == 3 and config.domain_adaptation is False
+        assert config.total_days >= 30
+        assert ops["task_model"]["config"]["method"] == "full"
+        quick, _ = story_settings(build_parser().parse_args(["run", "--quick"]), {"ops": {}})
+        assert quick == shortened()
+
+    def test_a_bad_choice_is_refused_before_anything_runs(self, capsys: pytest.CaptureFixture[str]) -> None:
+        from tl_platform.cli import build_parser, run_config_from_args
+        from tl_platform.story.command import cmd_story
+
+        args = build_parser().parse_args(["run", "--epochs", "0"])
+        assert cmd_story(args, run_config_from_args(args)) == 2
+        assert "task_epochs must be in [1, 50]" in capsys.readouterr().err

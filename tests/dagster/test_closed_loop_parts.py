@@ -1,0 +1,41 @@
+"""Parts of the main command's driver (closed_loop.py) that need Dagster but no model."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from closed_loop import STORY_TAG, fail_orphaned_runs, first_failure, merge_ops
+
+
+def test_op_config_merges_field_by_field() -> None:
+    plan = {"task_model": {"config": {"method": "lora"}}, "domain_adapted_model": {"config": {"enabled": False}}}
+    user = {"task_model": {"config": {"epochs": 3}}, "exported_model": {"config": {"latency_requests": 50}}}
+    assert merge_ops(plan, user) == {
+        "task_model": {"config": {"method": "lora", "epochs": 3}},
+        "domain_adapted_model": {"config": {"enabled": False}},
+        "exported_model": {"config": {"latency_requests": 50}},
+    }
+
+
+def test_runs_a_killed_story_left_running_are_failed_and_others_left_alone() -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    mine = instance.add_run(dg.DagsterRun(job_name="monitor_job", run_id="a" * 36, status=dg.DagsterRunStatus.STARTED,
+                                          tags={STORY_TAG: "story-1"}))
+    other = instance.add_run(dg.DagsterRun(job_name="main_job", run_id="b" * 36, status=dg.DagsterRunStatus.STARTED,
+                                           tags={STORY_TAG: "story-2"}))
+    assert fail_orphaned_runs(instance, "story-1") == 1
+    assert instance.get_run_by_id(mine.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+    assert instance.get_run_by_id(other.run_id).status == dg.DagsterRunStatus.STARTED  # type: ignore[union-attr]
+    assert fail_orphaned_runs(instance, "story-1") == 0
+
+
+def test_a_failed_run_is_told_by_its_step_and_innermost_cause() -> None:
+    @dg.asset
+    def broken() -> None:
+        try:
+            raise OSError("disk full at /tmp/x")
+        except OSError as err:
+            raise RuntimeError("could not save the bundle") from err
+
+    result = dg.materialize([broken], raise_on_error=False)
+    assert first_failure(result) == "step broken: OSError: disk full at /tmp/x"
