@@ -28,14 +28,15 @@ SERVING_MODEL_NAME = "tlp-classifier"
 PARITY_CHECK = "onnx_fp32_parity"
 QUANTISATION_CHECK = "int8_agreement_and_accuracy"
 LATENCY_CHECK = "single_request_latency_p99"
+BATCH_CHECK = "batch_independent_answers"
 PRECISION_TAG = "tlp.precision"  # the precision the bundle serves in by default: int8 or fp32
 INT8_GATE_TAG = "tlp.int8_gate"
 
 
 def export_gate_specs(asset: str) -> list[dg.AssetCheckSpec]:
-    """The three export gates, for every asset that exports a model for serving.
+    """The four export gates, for every asset that exports a model for serving.
 
-    All three are blocking specs, but the INT8 check fails with severity WARN (which blocks nothing) when the
+    All four are blocking specs, but the INT8 check fails with severity WARN (which blocks nothing) when the
     export falls back to FP32; it fails with ERROR only when ``require_int8`` is set.
     """
     return [
@@ -46,6 +47,9 @@ def export_gate_specs(asset: str) -> list[dg.AssetCheckSpec]:
                                       "test); a WARN failure means FP32 serves instead"),
         dg.AssetCheckSpec(LATENCY_CHECK, asset=asset, blocking=True,
                           description="p99 of single-request inference of the serving graph stays within the budget"),
+        dg.AssetCheckSpec(BATCH_CHECK, asset=asset, blocking=True,
+                          description="the serving graph gives each eval text the same answer alone as inside shuffled "
+                                      "batches of other texts (an A/B test or an audit needs that)"),
     ]
 
 
@@ -64,6 +68,8 @@ class ExportedModelConfig(dg.Config):
     latency_threads: int = 1
     latency_requests: int = 200
     projection_components: int = 4
+    batch_independence_tolerance: float = Field(
+        default=1e-4, description="largest class-probability change allowed between a text alone and in a batch")
 
     def to_library(self) -> ExportConfig:
         return ExportConfig(**self.model_dump())
@@ -73,7 +79,7 @@ class ExportedModelConfig(dg.Config):
     group_name="serving",
     kinds={"onnx", "mlflow"},
     deps=["task_model", "labelled_data"],
-    code_version="3",  # 3: the bundle carries the monitoring reference
+    code_version="4",  # 4: per-token INT8, answers independent of the batch
     pool="training",  # its latency gate needs the cores to itself, as training does
     check_specs=export_gate_specs("exported_model"),
 )
@@ -83,7 +89,8 @@ def exported_model(
     stage_store: StageStore,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
-    """The task model as ONNX graphs (FP32, and INT8 by ONNX Runtime's dynamic quantisation) for serving.
+    """The task model as ONNX graphs (FP32, and INT8 with a scale per token, so a text's answer never depends on
+    its batch companions) for serving.
 
     Carries the training tokenizer byte for byte and the embedding projection monitoring uses. Unless ONNX
     matches PyTorch and single requests meet the latency budget, the step fails and nothing is materialised.
@@ -174,8 +181,10 @@ def export_and_register(
 def gate_results(result: ExportResult) -> list[dg.AssetCheckResult]:
     """The three export gates as check results, with the figures each was judged on."""
     choice, test, validation = result.precision, result.quantisation, result.quantisation_validation
+    served = result.served_batch_independence
     if choice.int8_passed:
-        int8_description = "INT8 serves: chosen on validation, judged on test, one text at a time"
+        int8_description = ("INT8 serves: chosen on validation, judged on test, one text at a time; the same "
+                            "answers in any batch")
     elif choice.blocking:
         int8_description = choice.reason
     else:
@@ -207,6 +216,8 @@ def gate_results(result: ExportResult) -> list[dg.AssetCheckResult]:
                       "int8_only_correct": test.int8_only_correct,
                       "fp32_only_correct": test.fp32_only_correct,
                       "mcnemar_p": test.mcnemar_p,
+                      "batch_changed_labels": result.batch_independence.changed_labels,
+                      "batch_max_abs_prob_diff": result.batch_independence.max_abs_prob_diff,
                       "examples": test.examples},
             description=int8_description,
         ),
@@ -215,5 +226,14 @@ def gate_results(result: ExportResult) -> list[dg.AssetCheckResult]:
             metadata={"p50_ms": result.latency.p50_ms, "p99_ms": result.latency.p99_ms,
                       "budget_p99_ms": result.latency.budget_p99_ms, "requests": result.latency.requests,
                       "threads": result.latency.threads, "precision": result.latency.precision},
+        ),
+        dg.AssetCheckResult(
+            check_name=BATCH_CHECK, passed=served.passed, description=served.shortfall() or (
+                f"{served.precision.upper()} serves the same answer alone and in batches of "
+                f"{'/'.join(map(str, served.batch_sizes))}"),
+            metadata={"precision": served.precision, "changed_labels": served.changed_labels,
+                      "changed_texts": served.changed_texts, "max_abs_prob_diff": served.max_abs_prob_diff,
+                      "tolerance": served.tolerance, "batch_sizes": list(served.batch_sizes),
+                      "examples": served.examples},
         ),
     ]

@@ -34,7 +34,8 @@ def exported_twice(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def test_gates_pass_with_their_numbers(exported_twice: tuple[list[dg.ExecuteInProcessResult], Stages]) -> None:
     (first, _), _ = exported_twice
     checks = {e.check_name: e for e in first.get_asset_check_evaluations() if e.asset_key.to_user_string() == "exported_model"}
-    assert set(checks) == {"onnx_fp32_parity", "int8_agreement_and_accuracy", "single_request_latency_p99"}
+    assert set(checks) == {"onnx_fp32_parity", "int8_agreement_and_accuracy", "single_request_latency_p99",
+                           "batch_independent_answers"}
     assert all(check.passed for check in checks.values())
     assert checks["onnx_fp32_parity"].metadata["max_abs_logit_diff"].value < 1e-3
     assert checks["single_request_latency_p99"].metadata["p99_ms"].value > 0

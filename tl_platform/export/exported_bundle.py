@@ -15,11 +15,14 @@ from tl_platform.checkpoints.bundle import load_bundle
 from tl_platform.data.schema import LabelSchema
 from tl_platform.data.splits import DatasetSplits, jsonl_bytes, read_split_jsonl
 from tl_platform.export.gates import (
+    BATCH_INDEPENDENCE_TOLERANCE,
+    BatchIndependenceReport,
     LatencyReport,
     ParityReport,
     QuantisationReport,
     RunBatch,
     batched_outputs,
+    check_batch_independence,
     check_parity,
     check_quantisation,
     encoded_for_torch,
@@ -52,6 +55,9 @@ class ExportConfig:
         require_int8: False (default): an INT8 graph that fails its gate leaves the export serving FP32 (which
             passed parity), reported as a non-blocking failure. True: a failed INT8 gate fails the export, for
             deployments that cannot afford FP32's latency or memory.
+        batch_independence_tolerance: largest change of any class probability allowed between a text scored
+            alone and inside shuffled batches of other texts (8 and 32, so its padding differs), in (0, 1); a
+            changed label always fails. INT8 must pass to serve; FP32's figure is reported beside it.
         latency_budget_p99_ms: p99 of single-request inference of the graph that serves (tokenisation included)
             must stay below this.
         latency_threads: ONNX Runtime intra-op threads used for the latency measurement and by default in serving.
@@ -65,6 +71,7 @@ class ExportConfig:
     min_int8_agreement: float = 0.99
     max_int8_accuracy_drop_points: float = 0.5
     require_int8: bool = False
+    batch_independence_tolerance: float = BATCH_INDEPENDENCE_TOLERANCE
     latency_budget_p99_ms: float = 50.0
     latency_threads: int = 1
     latency_requests: int = 200
@@ -80,6 +87,10 @@ class ExportConfig:
         _require(
             self.max_int8_accuracy_drop_points >= 0,
             f"ExportConfig.max_int8_accuracy_drop_points must be at least 0, got {self.max_int8_accuracy_drop_points}",
+        )
+        _require(
+            0 < self.batch_independence_tolerance < 1,
+            f"ExportConfig.batch_independence_tolerance must be in (0, 1), got {self.batch_independence_tolerance}",
         )
         _require(
             self.latency_budget_p99_ms > 0,
@@ -107,6 +118,8 @@ class ExportResult:
     quantisation: QuantisationReport  # one text at a time, test split: where INT8 is judged
     quantisation_validation: QuantisationReport  # one text at a time, validation split: where INT8 is chosen
     quantisation_batched: QuantisationReport  # eval suite in length-ordered batches of 32: reported, not gating
+    batch_independence: BatchIndependenceReport  # INT8 alone against shuffled batches, eval suite: gates INT8
+    batch_independence_fp32: BatchIndependenceReport  # the same of FP32: reported
     precision: PrecisionChoice
     latency: LatencyReport  # of the graph that serves
     fp32_bytes: int
@@ -121,8 +134,15 @@ class ExportResult:
             "quantisation_validation": self.quantisation_validation.to_json(),
             "precision": self.precision.to_json(),
             "quantisation_batched": self.quantisation_batched.to_json(),
+            "batch_independence": self.batch_independence.to_json(),
+            "batch_independence_fp32": self.batch_independence_fp32.to_json(),
             "latency": self.latency.to_json(),
         }
+
+    @property
+    def served_batch_independence(self) -> BatchIndependenceReport:
+        """The batch-independence report of the graph that serves."""
+        return self.batch_independence if self.precision.precision == "int8" else self.batch_independence_fp32
 
     def summary(self) -> dict[str, float]:
         return {
@@ -138,6 +158,10 @@ class ExportResult:
             "int8_batched_label_agreement": self.quantisation_batched.label_agreement,
             "int8_batched_accuracy_drop_points": self.quantisation_batched.accuracy_drop_points,
             "int8_batched_mcnemar_p": self.quantisation_batched.mcnemar_p,
+            "int8_batch_changed_labels": float(self.batch_independence.changed_labels),
+            "int8_batch_changed_texts": float(self.batch_independence.changed_texts),
+            "int8_batch_max_abs_prob_diff": self.batch_independence.max_abs_prob_diff,
+            "fp32_batch_max_abs_prob_diff": self.batch_independence_fp32.max_abs_prob_diff,
             "eval_suite_examples": self.quantisation.examples + self.quantisation_validation.examples,
             "latency_p50_ms": self.latency.p50_ms,
             "latency_p99_ms": self.latency.p99_ms,
@@ -150,8 +174,9 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
     """Fill ``directory`` (to be sealed by the caller) with the exported model and the reports of its gates.
 
     INT8 is chosen on the validation split and judged on the test split (which must hold the rows the task
-    bundle was scored on); when it fails either, FP32 serves (or, with ``require_int8``, the caller fails the
-    export). Parity and the batched INT8 figures use the whole eval suite (validation, then test). At 198 test
+    bundle was scored on), and must answer every eval text alike alone and inside shuffled batches; when it
+    fails any of these, FP32 serves (or, with ``require_int8``, the caller fails the export). Parity, batch
+    independence and the batched INT8 figures use the whole eval suite (validation, then test). At 198 test
     sentences one text is half a point, the size of the accuracy budget itself: a split's gate is coarse.
     """
     import torch
@@ -188,9 +213,9 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
     reference, _ = batched_outputs(torch_runner(model), tokenizer, texts, max_length)
     fp32_logits, fp32_embeddings = batched_outputs(fp32.run, tokenizer, texts, max_length)
     parity = check_parity(reference, fp32_logits, config.parity_tolerance)
-    # Dynamic INT8 scales activations per batch tensor, so an INT8 answer to a borderline text can depend on
-    # which texts share its batch. The gate judges one text at a time: the answer a text gets on its own,
-    # reproducible and independent of other callers. Length-ordered batches of 32 are measured and reported.
+    # The agreement gate judges one text at a time, the answer a text gets on its own; the batch-independence
+    # gate then requires that answer inside any batch (a graph quantised per batch tensor fails it).
+    # Length-ordered batches of 32 against FP32 are measured and reported.
     fp32_single, _ = batched_outputs(fp32.run, tokenizer, texts, max_length, batch_size=1)
     int8_single, _ = batched_outputs(int8.run, tokenizer, texts, max_length, batch_size=1)
     labels = np.asarray(eval_suite.labels)
@@ -204,7 +229,13 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
         )
 
     quantisation_validation, quantisation = int8_gate(chosen_on), int8_gate(judged_on)
-    choice = choose_precision(quantisation_validation, quantisation, config.require_int8)
+    independence = {
+        name: check_batch_independence(
+            graph.run, tokenizer, texts, max_length, name, config.batch_independence_tolerance, alone_logits=alone
+        )
+        for name, graph, alone in (("int8", int8, int8_single), ("fp32", fp32, fp32_single))
+    }
+    choice = choose_precision(quantisation_validation, quantisation, config.require_int8, independence["int8"])
     int8_batched, int8_embeddings = batched_outputs(int8.run, tokenizer, texts, max_length)
     quantisation_batched = check_quantisation(
         fp32_logits, int8_batched, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
@@ -247,6 +278,8 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
         quantisation=quantisation,
         quantisation_validation=quantisation_validation,
         quantisation_batched=quantisation_batched,
+        batch_independence=independence["int8"],
+        batch_independence_fp32=independence["fp32"],
         precision=choice,
         latency=latency,
         fp32_bytes=fp32_path.stat().st_size,

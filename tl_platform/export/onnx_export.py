@@ -1,8 +1,9 @@
 """Export a sequence classifier to ONNX (dynamic batch and sequence axes), then quantise the graph to INT8.
 
 The exported graph has two outputs: the class logits, and the mean-pooled last hidden state (the sentence
-embedding) that monitoring projects to a few dimensions. Quantisation is ONNX Runtime's dynamic INT8
-quantisation of the FP32 graph; a torch-quantised module does not export cleanly.
+embedding) that monitoring projects to a few dimensions. The INT8 graph an export ships quantises the FP32 graph
+per token (``token_quantisation``), so a text's answer does not depend on its batch; ONNX Runtime's dynamic INT8
+(per batch tensor) is kept beside it for comparison. A torch-quantised module does not export cleanly.
 """
 
 from __future__ import annotations
@@ -99,7 +100,18 @@ def _describe_export_failure(err: BaseException, opset: int) -> str:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> Path:
-    """Dynamic INT8 quantisation: weights quantised ahead of time, activations at run time."""
+    """The INT8 graph an export ships: per-token INT8, whose answer to a text is the same in any batch."""
+    from tl_platform.export.token_quantisation import quantize_per_token
+
+    return quantize_per_token(fp32_path, int8_path)
+
+
+def quantize_int8_dynamic(fp32_path: Path, int8_path: Path) -> Path:
+    """ONNX Runtime's dynamic INT8: weights quantised ahead of time, activations at run time per batch tensor.
+
+    Not shipped since the batch-independence gate: its activation scales span the whole batch, padding included,
+    so a text's answer can change with its batch companions. Kept to measure against (bench, tests).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -1,8 +1,9 @@
-"""Which precision an exported bundle serves in: INT8 when it passes its gate, else FP32, which passed parity.
+"""Which precision an exported bundle serves in: INT8 when it passes its gates, else FP32, which passed parity.
 
 The choice is made on the validation split and judged on the test split. Test can only veto INT8 (a recipe
 that passed on validation but not on test falls back to FP32); it never chooses INT8, so the test figures
-stay an honest estimate of what serves. The export records the choice in the bundle's ``serving.json``; the
+stay an honest estimate of what serves. INT8 must also answer each text alike alone and in any batch (the
+batch-independence gate): an INT8 graph whose answers depend on the batch is not chosen either. The export records the choice in the bundle's ``serving.json``; the
 deployment reads it from there, so a bundle is never served in a precision whose gate it failed.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from tl_platform.export.gates import QuantisationReport
+from tl_platform.export.gates import BatchIndependenceReport, QuantisationReport
 
 ServingPrecision = Literal["int8", "fp32"]
 SERVING_PRECISIONS: tuple[ServingPrecision, ...] = ("int8", "fp32")
@@ -25,8 +26,9 @@ class PrecisionChoice:
     """The serving precision of an export and why.
 
     Attributes:
-        precision: ``int8`` when INT8 passed its gate on validation and on test, else ``fp32``.
-        int8_passed: whether INT8 passed (both splits).
+        precision: ``int8`` when INT8 passed its gate on validation and on test and its answers do not depend on
+            the batch, else ``fp32``.
+        int8_passed: whether INT8 passed (both splits, and batch independence).
         blocking: INT8 failed and the export demands it (``ExportConfig.require_int8``): the export must fail.
         reason: one sentence for the check's metadata, the run's log and the bundle.
     """
@@ -51,21 +53,36 @@ def shortfall(report: QuantisationReport) -> str:
 
 
 def choose_precision(
-    validation: QuantisationReport, test: QuantisationReport, require_int8: bool
+    validation: QuantisationReport,
+    test: QuantisationReport,
+    require_int8: bool,
+    batch_independence: BatchIndependenceReport | None = None,
 ) -> PrecisionChoice:
-    """INT8 if it passes on validation (the choice) and on test (the judgement); otherwise FP32."""
-    if validation.passed and test.passed:
+    """INT8 if it passes on validation (the choice) and on test (the judgement) and its answers do not depend on
+    the batch (``batch_independence``, INT8's report; None: not judged); otherwise FP32."""
+    independent = batch_independence is None or batch_independence.passed
+    if validation.passed and test.passed and independent:
+        alike = "" if batch_independence is None else (
+            f", and answers {batch_independence.examples} texts alike alone and in batches"
+        )
         return PrecisionChoice(
             "int8", True, False,
-            f"INT8 serves: it passed its gate on validation ({validation.examples} texts) and test ({test.examples})",
+            f"INT8 serves: it passed its gate on validation ({validation.examples} texts) and test "
+            f"({test.examples}){alike}",
         )
+    reasons = []
     if not validation.passed:
-        why = f"INT8 failed its gate on the validation split ({shortfall(validation)}, {validation.examples} texts)"
-    else:
-        why = (
+        reasons.append(
+            f"INT8 failed its gate on the validation split ({shortfall(validation)}, {validation.examples} texts)"
+        )
+    elif not test.passed:
+        reasons.append(
             f"INT8 passed on validation but failed its gate on the test split ({shortfall(test)}, "
             f"{test.examples} texts)"
         )
+    if batch_independence is not None and not batch_independence.passed:
+        reasons.append(batch_independence.shortfall())
+    why = "; ".join(reasons)
     if require_int8:
         return PrecisionChoice("int8", False, True, f"{why}; require_int8 is set, so the export fails")
     return PrecisionChoice("fp32", False, False, f"{why}; FP32 serves (it passed parity with PyTorch)")
