@@ -4,6 +4,10 @@ Held-out perplexity is measured before and after on one fixed masking of the hel
 same replacements), so the two numbers differ only by the model. Sentence-embedding checkpoints such as
 all-MiniLM-L6-v2 ship without an MLM head; the head is then fitted first with the encoder frozen, so that
 "before" measures what the foundation encoder knows rather than a random head.
+
+The MLM loss, in training and in every perplexity, scores the masked positions only (``mlm_loss``): the same
+number as the model's own full-vocabulary loss, for a fraction of the head's work. A model for which that
+cannot be shown on the held-out text's first batch keeps its own forward; the result says which path ran.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from tl_platform.tracking.protocol import RunTracker
-from tl_platform.training.callbacks import TrackerCallback
+from tl_platform.training.callbacks import ProgressLogCallback, TrackerCallback
 from tl_platform.training.config import DomainAdaptationConfig
+from tl_platform.training.mlm_loss import MaskedOnlyMLMTrainer, MlmLoss, mlm_loss, resolve_mlm_loss
 from tl_platform.training.text_data import TokenizedTexts
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ class DomainAdaptationResult:
     heldout_masked_tokens: int
     train_seconds: float
     train_samples_per_second: float
+    mlm_loss: MlmLoss = "masked_only"
 
     @property
     def perplexity_fell(self) -> bool:
@@ -85,8 +91,11 @@ class FixedMaskedBatches:
         if self.masked_tokens == 0:
             raise ValueError(f"masking {len(texts)} held-out texts selected no tokens; give longer or more texts")
 
-    def perplexity(self, model: PreTrainedModel) -> float:
-        """exp of the mean cross-entropy per masked token (token-weighted across batches)."""
+    def perplexity(self, model: PreTrainedModel, how: MlmLoss = "full_vocabulary") -> float:
+        """exp of the mean cross-entropy per masked token (token-weighted across batches).
+
+        ``how`` picks the loss path; both give the same number (``mlm_loss.resolve_mlm_loss`` checks a model).
+        """
         import torch
 
         was_training = model.training
@@ -98,7 +107,7 @@ class FixedMaskedBatches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 masked = int((batch["labels"] != -100).sum())
                 if masked:
-                    total += float(model(**batch).loss) * masked
+                    total += float(mlm_loss(model, batch, how)) * masked
         model.train(was_training)
         return math.exp(total / self.masked_tokens)
 
@@ -111,8 +120,14 @@ def adapt_to_domain(
     config: DomainAdaptationConfig,
     work_dir: Path,
     tracker: RunTracker,
+    *,
+    loss: MlmLoss = "masked_only",
 ) -> DomainAdaptationResult:
-    """Continue MLM pretraining of the encoder in ``model_dir`` on ``train_texts``; measure held-out perplexity."""
+    """Continue MLM pretraining of the encoder in ``model_dir`` on ``train_texts``; measure held-out perplexity.
+
+    ``loss="full_vocabulary"`` trains and measures with the model's own forward (the reference path); the
+    default scores masked positions only, when ``resolve_mlm_loss`` finds the model supports it.
+    """
     from transformers import AutoModel, AutoModelForMaskedLM, set_seed
 
     if not train_texts:
@@ -124,23 +139,24 @@ def adapt_to_domain(
     base_prefix = f"{mlm.base_model_prefix}."
     head_missing = any(not key.startswith(base_prefix) for key in loading["missing_keys"])
     heldout = FixedMaskedBatches(tokenizer, heldout_texts, config)
+    how = resolve_mlm_loss(mlm, heldout.batches[0], loss)
     train_set = TokenizedTexts(tokenizer, train_texts, config.max_length)
 
     warmup_epochs = config.head_warmup_epochs if head_missing else 0
     if warmup_epochs:
         set_base_trainable(mlm, False)
         train_mlm(mlm, tokenizer, train_set, config, work_dir / "head_warmup", tracker, "head_warmup/",
-                   epochs=warmup_epochs, learning_rate=config.head_warmup_learning_rate)
+                   epochs=warmup_epochs, learning_rate=config.head_warmup_learning_rate, loss=how)
         set_base_trainable(mlm, True)
 
-    before = heldout.perplexity(mlm)
+    before = heldout.perplexity(mlm, how)
     tracker.log_metrics({"heldout_perplexity": before}, step=0)
-    per_epoch = PerplexityCallback(heldout, tracker)
+    per_epoch = PerplexityCallback(heldout, tracker, how)
     started = time.perf_counter()
     metrics = train_mlm(mlm, tokenizer, train_set, config, work_dir / "mlm", tracker, "mlm/",
-                         epochs=config.epochs, learning_rate=config.learning_rate, extra_callbacks=[per_epoch])
+                        epochs=config.epochs, learning_rate=config.learning_rate, extra_callbacks=[per_epoch], loss=how)
     train_seconds = time.perf_counter() - started
-    after = heldout.perplexity(mlm)
+    after = heldout.perplexity(mlm, how)
 
     encoder = AutoModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
     missing, unexpected = encoder.load_state_dict(mlm.base_model.state_dict(), strict=False)
@@ -160,6 +176,7 @@ def adapt_to_domain(
         heldout_masked_tokens=heldout.masked_tokens,
         train_seconds=train_seconds,
         train_samples_per_second=float(metrics["train_samples_per_second"]),
+        mlm_loss=how,
     )
 
 
@@ -171,13 +188,14 @@ def set_base_trainable(model: PreTrainedModel, trainable: bool) -> None:
 class PerplexityCallback(TrainerCallback):
     """Held-out perplexity at the end of every epoch, on the same fixed masking as before and after."""
 
-    def __init__(self, heldout: FixedMaskedBatches, tracker: RunTracker) -> None:
+    def __init__(self, heldout: FixedMaskedBatches, tracker: RunTracker, how: MlmLoss = "full_vocabulary") -> None:
         self.heldout = heldout
         self.tracker = tracker
+        self.how = how
         self.perplexities: list[float] = []
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        value = self.heldout.perplexity(model)
+        value = self.heldout.perplexity(model, self.how)
         self.perplexities.append(value)
         self.tracker.log_metrics({"heldout_perplexity": value}, step=len(self.perplexities))
 
@@ -194,7 +212,9 @@ def train_mlm(
     epochs: int,
     learning_rate: float,
     extra_callbacks: list[TrainerCallback] | None = None,
+    loss: MlmLoss = "masked_only",
 ) -> dict[str, float]:
+    """Train ``model`` with the Trainer; ``loss`` picks masked-only scoring or the model's own forward."""
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -218,11 +238,13 @@ def train_mlm(
         dataloader_num_workers=0,
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mlm_probability)
-    trainer = Trainer(
+    trainer_class = MaskedOnlyMLMTrainer if loss == "masked_only" else Trainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_set,
         data_collator=collator,
-        callbacks=[TrackerCallback(tracker, prefix=prefix), *(extra_callbacks or [])],
+        callbacks=[TrackerCallback(tracker, prefix=prefix), ProgressLogCallback(f"domain adaptation ({prefix.rstrip('/') or 'mlm'})"),
+                   *(extra_callbacks or [])],
     )
     return dict(trainer.train().metrics)
