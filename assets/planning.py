@@ -18,7 +18,11 @@ from tl_platform.economics.cost_report import DEFAULT_DAILY_REQUESTS, CostSettin
 from tl_platform.economics.costs import PriceTable
 from tl_platform.economics.decision import PlanSettings, plan_transfer
 from tl_platform.economics.documents import cost_document, plan_document, roi_document
-from tl_platform.economics.measurements import bundled_reference_texts, encoder_embedder
+from tl_platform.economics.measurements import (
+    DEFAULT_MAX_TEXTS_FOR_LENGTHS,
+    bundled_reference_texts,
+    encoder_embedder,
+)
 from tl_platform.economics.plots import plot_cost_comparison, plot_roi_curve
 from tl_platform.economics.render import to_markdown
 from tl_platform.economics.report import (
@@ -33,6 +37,7 @@ from tl_platform.economics.roi import roi_from_cost_report
 from tl_platform.economics.serving import ASSUMED_THROUGHPUT_SOURCE, ApiPricing, SelfHosting
 from tl_platform.models.foundation import load_encoder, load_tokenizer
 from tl_platform.tracking.mlflow_tracker import search_runs
+from tl_platform.training.long_text import REFERENCE_LATENCY_MS, REFERENCE_TOKENS, count_tokens, model_window
 
 
 class TransferPlanConfig(dg.Config):
@@ -49,6 +54,14 @@ class TransferPlanConfig(dg.Config):
     max_texts_per_domain: int = Field(default=300, description="texts embedded per domain (a seeded sample)")
     seed: int = 0
     embedding_max_length: int = Field(default=64, description="tokens per text for the embeddings")
+    length_percentile: float = Field(default=95.0, description="max_length holds this percentile of token lengths whole")
+    length_multiple: int = Field(default=16, description="max_length is rounded up to a multiple of this")
+    min_max_length: int = Field(default=64, description="the shortest max_length the plan chooses")
+    max_texts_for_lengths: int = Field(default=DEFAULT_MAX_TEXTS_FOR_LENGTHS, description="texts whose tokens are counted (a seeded sample)")
+    serving_latency_ms: float = Field(
+        default=REFERENCE_LATENCY_MS, description="measured serving latency the length's latency model scales from (README bench)"
+    )
+    serving_latency_tokens: int = Field(default=REFERENCE_TOKENS, description="request length that latency was measured at")
 
     def to_library(self) -> PlanSettings:
         return PlanSettings(**self.model_dump(exclude={"embedding_max_length"}))
@@ -144,7 +157,7 @@ class RoiConfig(dg.Config):
     horizon_months: int = 12
 
 
-@dg.asset(group_name="economics", kinds={"python"}, deps=["labelled_data", "foundation_model"], code_version="2")
+@dg.asset(group_name="economics", kinds={"python"}, deps=["labelled_data", "foundation_model"], code_version="3")
 def transfer_plan(
     context: dg.AssetExecutionContext, config: TransferPlanConfig, stage_store: StageStore
 ) -> dg.MaterializeResult:
@@ -156,6 +169,10 @@ def transfer_plan(
     to the spread between the bundled review domains). The latency SLA, daily volume and tasks sharing the
     backbone come from config. Its run config sets whether domain adaptation runs and whether fine-tuning uses
     LoRA: pass it to `tlp run --config`.
+
+    Sequence length: the texts' token lengths with the foundation's tokenizer (percentiles, share cut at 64, 128,
+    256 and 512 tokens) choose `max_length` for domain adaptation and fine-tuning (export and serving inherit it
+    from the task model): a percentile rounded up, capped by the model's limit and the latency SLA.
     """
     settings = config.to_library()
     upstreams = [stage_store.upstream(context, key) for key in ("labelled_data", "foundation_model")]
@@ -175,6 +192,8 @@ def transfer_plan(
         embed=encoder_embedder(encoder, tokenizer, config.embedding_max_length),
         pretrained_model=f"{source} ({encoder.config.model_type}, {parameters:,} parameters)",
         settings=settings,
+        count_tokens=lambda texts: count_tokens(tokenizer, texts),
+        window=model_window(tokenizer, encoder.config),
     )
     payload = plan.to_json()
     if payload["run_config"] is not None:
@@ -194,12 +213,27 @@ def transfer_plan(
             "relative_domain_distance": domain["relative"],
             "labelled_examples": payload["inputs"]["labels"]["total"],
             "smallest_class": payload["inputs"]["labels"]["smallest_class"],
+            **length_metadata(payload),
             "inputs": dg.MetadataValue.json(payload["inputs"]),
             **stored,
             **lineage_metadata(*upstreams),
         },
         data_version=content_version(json.dumps(payload, sort_keys=True)),
     )
+
+
+def length_metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    """The chosen max_length and the token-length profile it came from."""
+    choice, lengths = payload["max_length"], payload["inputs"]["token_lengths"]
+    if choice is None or lengths is None:
+        return {}
+    return {
+        "max_length": choice["max_length"],
+        "max_length_bound_by": choice["bound_by"],
+        "truncated_share_at_max_length": choice["truncated_share"],
+        "token_length_percentiles": dg.MetadataValue.json(lengths["percentiles"]),
+        "truncated_share": dg.MetadataValue.json(lengths["truncated_share"]),
+    }
 
 
 def measured_inputs_config(data: UpstreamOutput, foundation_source: str) -> dict[str, Any]:

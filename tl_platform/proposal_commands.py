@@ -21,7 +21,10 @@ from tl_platform.orchestration import (
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Measure the data, walk the decision tree, print the plan; write the main job's run config with --write."""
+    """Measure the data, walk the decision tree, print the plan; write the main job's run config with --write.
+
+    The plan chooses max_length from the texts' token lengths (PlanSettings' length defaults) and the run config
+    carries it to domain adaptation and fine-tuning."""
     from tl_platform.data import DatasetSource, DataValidationError, LabelSchema, SplitFractions, stratified_split
     from tl_platform.data.bundled import bundled_source
     from tl_platform.data.loading import load_labelled_text
@@ -37,6 +40,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         load_tokenizer,
         resolve_source,
     )
+    from tl_platform.training.long_text import count_tokens, model_window
 
     try:
         if args.data:
@@ -67,6 +71,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             embed=encoder_embedder(encoder, tokenizer, args.max_length),
             pretrained_model=f"{spec.source} ({encoder.config.model_type}, {parameters:,} parameters)",
             settings=settings,
+            count_tokens=lambda texts: count_tokens(tokenizer, texts),
+            window=model_window(tokenizer, encoder.config),
         )
     except (DataValidationError, FoundationSourceError, ValueError) as err:
         print(f"tlp: {err}", file=sys.stderr)

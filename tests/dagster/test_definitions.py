@@ -80,7 +80,8 @@ def test_local_environment_puts_state_under_tlp_home(monkeypatch: pytest.MonkeyP
     ("dagster_config", "library_config", "dagster_only"),
     [
         ("assets.task_model:TaskModelConfig", "tl_platform.training.config:FineTuneConfig", {"min_test_accuracy"}),
-        ("assets.domain_adapted:DomainAdaptedConfig", "tl_platform.training.config:DomainAdaptationConfig", set()),
+        ("assets.domain_adapted:DomainAdaptedConfig", "tl_platform.training.config:DomainAdaptationConfig",
+         {"corpus_path", "corpus_text_column", "corpus_text_unit"}),
     ],
 )
 def test_launchpad_config_mirrors_the_library_defaults(dagster_config: str, library_config: str, dagster_only: set[str]) -> None:

@@ -190,3 +190,87 @@ def test_a_stage_without_its_upstream_says_what_to_materialise(tmp_path: Path) -
 
     with pytest.raises(Exception, match=r"domain_adapted_model has never been materialised; materialise domain_adapted_model first"):
         make_stage_resources(tmp_path).materialize([task_model])
+
+
+def test_a_disabled_domain_adaptation_leaves_its_check_unevaluated_not_passed(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    """No judgement was made, so no result is emitted: Dagster shows the check as skipped, and, blocking as it
+    is, a check without a result holds nothing back downstream."""
+    import asyncio
+
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+        AssetCheckExecutionResolvedStatus,
+    )
+
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path)
+    config = tiny_run_config(
+        tiny_bert_dir, domain_adapted_model={"enabled": False}, task_model={"method": "lora", "epochs": 1, "min_test_accuracy": 0.0}
+    )
+    result = resources.materialize(TRANSFER_ASSETS, run_config=config)
+    assert result.success
+    assert "heldout_perplexity_fell" not in checks(result) and checks(result)["eval_suite_accuracy"].passed
+    meta = materialisations(result)
+    assert meta["domain_adapted_model"]["check_not_evaluated"] == "heldout_perplexity_fell: stage disabled by config, nothing was trained"
+    assert "task_model" in meta  # the blocking check without a result did not hold fine-tuning back
+    key = dg.AssetCheckKey(dg.AssetKey("domain_adapted_model"), "heldout_perplexity_fell")
+    (record,) = resources.instance.event_log_storage.get_asset_check_execution_history(key, limit=5)
+    assert record.status == AssetCheckExecutionRecordStatus.PLANNED  # planned, never evaluated
+    resolved = asyncio.run(record.resolve_status(LoadingContextForTest(resources.instance)))
+    assert resolved == AssetCheckExecutionResolvedStatus.SKIPPED
+
+
+def test_a_missed_floor_fails_with_one_paragraph_that_says_what_to_try(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from tests.dagster.conftest import make_stage_resources
+
+    resources = make_stage_resources(tmp_path)
+    config = tiny_run_config(
+        tiny_bert_dir, domain_adapted_model={"enabled": False},
+        task_model={"method": "lora", "epochs": 1, "min_test_accuracy": 0.999, "max_length": 8},
+    )
+    result = resources.materialize(TRANSFER_ASSETS, run_config=config, raise_on_error=False)
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_key == "task_model"
+    data = failure.step_failure_data.user_failure_data
+    assert data is not None and data.description is not None
+    message, figures = data.description, {k: v.value for k, v in data.metadata.items()}
+    accuracy, share = figures["test_accuracy"], figures["test_texts_truncated_share"]
+    assert figures["min_test_accuracy"] == 0.999 and figures["test_texts"] == 198
+    assert figures["failed_checks"] == ["eval_suite_accuracy"]
+    assert 0.5 < share <= 1.0  # the tiny tokenizer's sentences run past 8 tokens
+    assert "\n" not in message  # one paragraph
+    assert message.startswith(
+        f"task_model missed its accuracy floor: {accuracy:.4f} ({round(accuracy * 198)} of 198 correct) on the frozen "
+        "test split of 198 texts, against min_test_accuracy 0.999. It was trained with LoRA for 1 epoch(s) at "
+        "max_length 8, from the foundation model (no domain adaptation). To try: "
+    )
+    for advice in (
+        "more epochs (task_model epochs; all 1 ran without early stopping)",
+        "full fine-tuning (task_model method: full)",
+        "domain adaptation first (domain_adapted_model enabled: true)",
+        f"a longer max_length ({share:.1%} of the test texts are longer than 8 tokens and lose their end;",
+    ):
+        assert advice in message
+    assert message.endswith("Nothing was materialised: downstream keeps reading the last version that passed.")
+    check = resources.check_evaluation("task_model", "eval_suite_accuracy")
+    assert not check.passed and check.metadata["split"].value == "test"
+    assert check.metadata["test_texts_truncated_share"].value == share
+
+
+def test_the_floor_message_suggests_only_what_applies() -> None:
+    from types import SimpleNamespace
+
+    from assets.task_model import below_floor_message
+    from tl_platform.training.config import FineTuneConfig
+
+    stopped = SimpleNamespace(stopped_early=True, best_epoch=2, epochs=(1, 2, 3, 4))
+    message = below_floor_message(0.8, 200, 0.85, FineTuneConfig(method="full", max_length=128), stopped,  # type: ignore[arg-type]
+                                  "domain_adapted", 0.0)
+    assert "(160 of 200 correct)" in message and "trained with full fine-tuning for 4 epoch(s) at max_length 128" in message
+    assert "a different learning rate (now 0.0001): validation loss stopped improving at epoch 2" in message
+    assert "more in-domain text for domain adaptation (domain_adapted_model corpus_path)" in message
+    for absent in ("more epochs (", "full fine-tuning (task_model", "a longer max_length", "domain adaptation first"):
+        assert absent not in message

@@ -57,6 +57,20 @@ def test_the_plan_is_markdown_with_a_run_config_the_main_job_accepts(planned, ti
     assert validated["ops"]["task_model"]["config"]["method"] == run_config["ops"]["task_model"]["config"]["method"]  # type: ignore[index]
 
 
+def test_the_plan_measures_token_lengths_and_sets_max_length_for_the_stages_that_cut_text(planned) -> None:
+    meta, _, _ = planned
+    plan = meta["transfer_plan"]
+    # the tiny tokenizer: one token a word, so the bundled sentences run well under the floor of 64
+    percentiles = plan["token_length_percentiles"]
+    assert set(percentiles) == {"p50", "p90", "p95", "p99"} and 0 < percentiles["p95"] <= 64  # type: ignore[index, operator]
+    assert plan["max_length"] == 64 and plan["max_length_bound_by"] == "floor"
+    assert plan["truncated_share"]["512"] == 0.0  # type: ignore[index]
+    assert plan["inputs"]["model_window"]["limit"] == 128  # type: ignore[index]  # the tiny BERT's positions
+    ops = plan["run_config"]["ops"]  # type: ignore[index]
+    assert ops["task_model"]["config"]["max_length"] == 64 and ops["domain_adapted_model"]["config"]["max_length"] == 64
+    assert "#### Sequence length" in str(plan["plan"]) and "max_length 64: p95 of 990 texts" in str(plan["plan"])
+
+
 def test_the_cost_report_prices_the_stage_runs_that_were_tracked(planned) -> None:
     meta, resources, stages = planned
     report = meta["cost_report"]

@@ -14,6 +14,12 @@ The tree, in the order it is walked:
    per task (runner-up: full). A single task with at least ``full_fine_tune_min_per_class`` examples in its
    smallest class: full fine-tuning (runner-up: LoRA). Otherwise LoRA (runner-up: prompting when the API is
    allowed, else full fine-tuning).
+
+Beside the recipe, the plan chooses ``max_length`` (``choose_max_length``) from the texts' token lengths when the
+foundation's tokenizer measured them: the configured percentile rounded up to a multiple, no shorter than a
+floor, and capped by the model's limit and by the latency SLA (the FLOP model of ``training.long_text``). The run
+config sets it for the stages that cut text (domain adaptation and fine-tuning); export and serving read it
+from the task model's bundle.
 """
 
 from __future__ import annotations
@@ -25,15 +31,28 @@ from typing import Any
 from tl_platform.economics.costs import PriceTable, require_positive
 from tl_platform.economics.measurements import (
     DEFAULT_FAR_THRESHOLD,
+    DEFAULT_MAX_TEXTS_FOR_LENGTHS,
     DEFAULT_MAX_TEXTS_PER_DOMAIN,
     MIN_TARGET_TEXTS,
     DomainDistance,
     Embedder,
     LabelCounts,
+    TokenCounter,
     count_labels,
     measure_domain_distance,
+    measure_token_lengths,
 )
 from tl_platform.economics.serving import ApiPricing, SelfHosting, serving_costs
+from tl_platform.training.long_text import (
+    MAX_MAX_LENGTH,
+    MIN_MAX_LENGTH,
+    REFERENCE_LATENCY_MS,
+    REFERENCE_TOKENS,
+    LengthChoice,
+    ModelWindow,
+    TokenLengths,
+    choose_max_length,
+)
 
 RECIPES = ("prompting", "lora", "full_fine_tune", "dapt_then_fine_tune", "from_scratch")
 FINE_TUNE_METHODS = ("lora", "full")
@@ -102,7 +121,15 @@ class PlanSettings:
         min_unlabelled_texts_for_adaptation: unlabelled in-domain texts domain-adaptive pretraining needs.
         far_threshold: relative domain distance from which the target counts as far (see ``measurements``).
         max_texts_per_domain: texts embedded per domain (a seeded sample beyond it).
-        seed: of that sample.
+        seed: of that sample (and of the token-length sample).
+        length_percentile: the share of texts, in percent, ``max_length`` should hold whole.
+        length_multiple: ``max_length`` is rounded up to a multiple of this (8 or 16 suit the hardware).
+        min_max_length: the shortest ``max_length`` chosen; padding is per batch, so a window longer than short
+            texts costs nothing, and below 64 a cut saves little (``training.long_text``).
+        max_texts_for_lengths: texts whose tokens are counted (a seeded sample beyond it).
+        serving_latency_ms / serving_latency_tokens: the measured serving latency the FLOP model scales from,
+            and the request length it was measured at (defaults: the README's serving bench, MiniLM-L6;
+            ``training.long_text`` documents the model).
         api, hosting, prices: the serving cost model the API/self-host crossover comes from.
     """
 
@@ -116,16 +143,29 @@ class PlanSettings:
     far_threshold: float = DEFAULT_FAR_THRESHOLD
     max_texts_per_domain: int = DEFAULT_MAX_TEXTS_PER_DOMAIN
     seed: int = 0
+    length_percentile: float = 95.0
+    length_multiple: int = 16
+    min_max_length: int = 64
+    max_texts_for_lengths: int = DEFAULT_MAX_TEXTS_FOR_LENGTHS
+    serving_latency_ms: float = REFERENCE_LATENCY_MS
+    serving_latency_tokens: int = REFERENCE_TOKENS
     api: ApiPricing = field(default_factory=ApiPricing)
     hosting: SelfHosting = field(default_factory=SelfHosting)
     prices: PriceTable = field(default_factory=PriceTable)
 
     def __post_init__(self) -> None:
-        for name in ("latency_sla_ms", "daily_requests", "api_latency_ms", "far_threshold"):
+        for name in ("latency_sla_ms", "daily_requests", "api_latency_ms", "far_threshold", "serving_latency_ms"):
             require_positive("PlanSettings", name, getattr(self, name))
-        for name in ("tasks_sharing_backbone", "few_labels_per_class", "max_texts_per_domain"):
+        for name in ("tasks_sharing_backbone", "few_labels_per_class", "max_texts_per_domain", "length_multiple",
+                     "max_texts_for_lengths", "serving_latency_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PlanSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.length_percentile <= 100.0:
+            raise ValueError(f"PlanSettings.length_percentile must be in (0, 100], got {self.length_percentile}")
+        if not MIN_MAX_LENGTH <= self.min_max_length <= MAX_MAX_LENGTH:
+            raise ValueError(
+                f"PlanSettings.min_max_length must be in [{MIN_MAX_LENGTH}, {MAX_MAX_LENGTH}], got {self.min_max_length}"
+            )
         if self.full_fine_tune_min_per_class <= self.few_labels_per_class:
             raise ValueError(
                 f"PlanSettings.full_fine_tune_min_per_class must be > few_labels_per_class={self.few_labels_per_class}, "
@@ -150,6 +190,8 @@ class PlanInputs:
     daily_requests: float
     api_latency_ms: float
     crossover_daily_requests: float | None
+    lengths: TokenLengths | None = None
+    window: ModelWindow | None = None
 
     @property
     def api_fits_latency(self) -> bool:
@@ -172,6 +214,8 @@ class PlanInputs:
             "crossover_daily_requests": self.crossover_daily_requests,
             "api_fits_latency": self.api_fits_latency,
             "api_cheaper_at_volume": self.api_cheaper_at_volume,
+            "token_lengths": self.lengths.to_json() if self.lengths else None,
+            "model_window": self.window.to_json() if self.window else None,
         }
 
 
@@ -182,6 +226,7 @@ class TransferPlan:
     reasons: tuple[str, ...]
     assumptions: tuple[str, ...]
     inputs: PlanInputs
+    length: LengthChoice | None = None
 
     def to_json(self) -> dict[str, Any]:
         configured = configured_recipe(self)
@@ -191,6 +236,7 @@ class TransferPlan:
             "reasons": list(self.reasons),
             "assumptions": list(self.assumptions),
             "inputs": self.inputs.to_json(),
+            "max_length": self.length.to_json() if self.length else None,
             "run_config": run_config_for(self),
             "run_config_recipe": configured.to_json() if configured else None,
         }
@@ -272,7 +318,7 @@ def decide(inputs: PlanInputs, settings: PlanSettings) -> TransferPlan:
             reasons.append(f"the target is close to general text: {distance}; no domain adaptation")
             recommended, runner_up = method, method_runner_up
         reasons.append(method_reason)
-    assumptions = (
+    assumptions: tuple[str, ...] = (
         f"latency SLA {inputs.latency_sla_ms:g} ms and {inputs.daily_requests:,.0f} requests a day (config)",
         f"frontier API p95 latency {inputs.api_latency_ms:g} ms (assumed)",
         f"{inputs.tasks_sharing_backbone} task(s) share the backbone (config)",
@@ -283,7 +329,29 @@ def decide(inputs: PlanInputs, settings: PlanSettings) -> TransferPlan:
         "crossover from the serving cost model's defaults (API list prices, self-hosted throughput, operations)",
         "labelled examples are counted over all splits; unlabelled texts are those domain adaptation trains on",
     )
-    return TransferPlan(recommended, runner_up, tuple(reasons), assumptions, inputs)
+    length = None
+    if inputs.lengths is not None and inputs.window is not None:
+        length = choose_max_length(
+            inputs.lengths, inputs.window, percentile=settings.length_percentile, multiple=settings.length_multiple,
+            floor=settings.min_max_length, latency_sla_ms=inputs.latency_sla_ms,
+            reference_ms=settings.serving_latency_ms, reference_tokens=settings.serving_latency_tokens,
+        )
+        assumptions += length_assumptions(settings)
+    return TransferPlan(recommended, runner_up, tuple(reasons), assumptions, inputs, length)
+
+
+def length_assumptions(settings: PlanSettings) -> tuple[str, ...]:
+    return (
+        (f"max_length: the p{settings.length_percentile:g} token length (the foundation's tokenizer, special tokens "
+         f"included) rounded up to a multiple of {settings.length_multiple}, at least {settings.min_max_length}, "
+         "capped by the model's limit and the latency SLA (config)"),
+        (f"latency at a length: {settings.serving_latency_ms:g} ms at {settings.serving_latency_tokens} tokens "
+         "(MiniLM-L6, the README serving bench: INT8 ONNX, p99 at concurrency 8, 2-core CPU) scaled by forward "
+         "FLOPs (linear plus the quadratic attention term): a documented model, not measured at plan time; it "
+         "ignores the fixed cost of a request, so it overstates the growth and the cap errs short"),
+        ("texts beyond max_length are cut to their first tokens; head+tail truncation is in the library "
+         "(training/long_text.py) but not in training or serving"),
+    )
 
 
 def measure_plan_inputs(
@@ -295,10 +363,18 @@ def measure_plan_inputs(
     embed: Embedder | None,
     pretrained_model: str | None,
     settings: PlanSettings,
+    count_tokens: TokenCounter | None = None,
+    window: ModelWindow | None = None,
 ) -> PlanInputs:
-    """Measure the data: label counts, and the domain distance with the pretrained encoder when there is one."""
+    """Measure the data: label counts, the domain distance with the pretrained encoder when there is one, and
+    the token lengths with its tokenizer when ``count_tokens`` and the model's ``window`` are given."""
     if (embed is None) != (pretrained_model is None):
         raise ValueError("give embed and pretrained_model together (a pretrained encoder embeds), or neither")
+    if (count_tokens is None) != (window is None):
+        raise ValueError("give count_tokens and window together (the foundation's tokenizer and its limits), or neither")
+    lengths = None
+    if count_tokens is not None and texts:
+        lengths = measure_token_lengths(texts, count_tokens, settings.max_texts_for_lengths, settings.seed)
     domain = None
     if embed is not None and len(texts) >= MIN_TARGET_TEXTS:  # fewer: only the few-labels branch can be reached
         domain = measure_domain_distance(
@@ -315,6 +391,8 @@ def measure_plan_inputs(
         daily_requests=settings.daily_requests,
         api_latency_ms=settings.api_latency_ms,
         crossover_daily_requests=serving.crossover_daily_requests,
+        lengths=lengths,
+        window=window if lengths is not None else None,
     )
 
 
@@ -327,10 +405,12 @@ def plan_transfer(
     embed: Embedder | None,
     pretrained_model: str | None,
     settings: PlanSettings,
+    count_tokens: TokenCounter | None = None,
+    window: ModelWindow | None = None,
 ) -> TransferPlan:
     """Measure, then decide: the entry point of the ``transfer_plan`` asset and ``tlp plan``."""
     inputs = measure_plan_inputs(
-        texts, labels, class_names, unlabelled_texts, references, embed, pretrained_model, settings
+        texts, labels, class_names, unlabelled_texts, references, embed, pretrained_model, settings, count_tokens, window
     )
     return decide(inputs, settings)
 
@@ -345,14 +425,15 @@ def configured_recipe(plan: TransferPlan) -> Recipe | None:
 
 
 def run_config_for(plan: TransferPlan) -> dict[str, Any] | None:
-    """Dagster run config of the main job for ``configured_recipe``: whether domain adaptation runs, and how
-    the task model is fine-tuned."""
+    """Dagster run config of the main job for ``configured_recipe``: whether domain adaptation runs, how the task
+    model is fine-tuned, and the chosen ``max_length`` of both (export and serving read it from the task bundle)."""
     recipe = configured_recipe(plan)
     if recipe is None:
         return None
+    length = {"max_length": plan.length.max_length} if plan.length else {}
     return {
         "ops": {
-            "domain_adapted_model": {"config": {"enabled": recipe.domain_adaptation}},
-            "task_model": {"config": {"method": recipe.fine_tune_method}},
+            "domain_adapted_model": {"config": {"enabled": recipe.domain_adaptation, **length}},
+            "task_model": {"config": {"method": recipe.fine_tune_method, **length}},
         }
     }

@@ -59,6 +59,7 @@ def plan_document(plan: dict[str, Any]) -> list[Block]:
         ("latency SLA / API p95", f"{inputs['latency_sla_ms']:g} ms / {inputs['api_latency_ms']:g} ms"),
         ("daily requests / crossover",
          f"{inputs['daily_requests']:,.0f} / {'none' if crossover is None else f'{crossover:,.0f}'}"),
+        *_length_rows(inputs.get("token_lengths"), inputs.get("model_window")),
     )
     blocks: list[Block] = [
         Heading(f"Recommended: {plan['recommended']['label']}"),
@@ -67,8 +68,10 @@ def plan_document(plan: dict[str, Any]) -> list[Block]:
         Bullets(tuple(plan["reasons"])),
         Heading("Measured inputs", 4),
         Table(("input", "value"), rows),
-        Heading("Run config of the main job", 4),
     ]
+    if plan.get("max_length") is not None:
+        blocks.extend([Heading("Sequence length", 4), Paragraph(plan["max_length"]["explanation"])])
+    blocks.append(Heading("Run config of the main job", 4))
     if plan["run_config"] is None:
         blocks.append(Paragraph("None: the main job fine-tunes; neither recipe of this plan is a fine-tuning recipe."))
     else:
@@ -80,6 +83,20 @@ def plan_document(plan: dict[str, Any]) -> list[Block]:
         blocks.append(Code(json.dumps(plan["run_config"], indent=2), "json"))
     blocks.extend([Heading("Assumptions", 4), Bullets(tuple(plan["assumptions"]))])
     return blocks
+
+
+def _length_rows(lengths: dict[str, Any] | None, window: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    if lengths is None:
+        return ()
+    percentiles = ", ".join(f"{name} {tokens}" for name, tokens in lengths["percentiles"].items())
+    cut = ", ".join(f"{tokens}: {share:.1%}" for tokens, share in lengths["truncated_share"].items())
+    limit = "none stated" if window is None or window["limit"] is None else f"{window['limit']} tokens"
+    return (
+        ("token lengths (foundation tokenizer)",
+         f"{percentiles}; longest {lengths['longest']:,} ({lengths['measured_texts']:,} of {lengths['texts']:,} texts)"),
+        ("share of texts cut at", cut),
+        ("model's limit", limit),
+    )
 
 
 def cost_document(report: dict[str, Any]) -> list[Block]:

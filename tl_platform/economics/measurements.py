@@ -19,6 +19,10 @@ about 1.67 (once, during calibration; they are not bundled), and the 30 clinical
 config field. Small samples overstate the distance (a noisier mean direction): 12 Amazon sentences measured
 1.19 on average and at most 1.32 over 20 draws, against 1.08 for 300. Fewer than ``MIN_TARGET_TEXTS`` texts
 are refused here; the plan then decides without a distance, which only its few-labels branch allows.
+
+Token lengths. The plan counts each text's tokens with the foundation's own tokenizer (special tokens included,
+uncut; a seeded sample of ``DEFAULT_MAX_TEXTS_FOR_LENGTHS`` beyond that many); ``training.long_text`` holds the
+distribution, the model's window and the latency model the plan chooses ``max_length`` with.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 from tl_platform.data.bundled import BUNDLED_DOMAINS, bundled_source
 from tl_platform.data.loading import load_labelled_text
 from tl_platform.models.embedding import embed_texts
+from tl_platform.training.long_text import TokenLengths
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,6 +49,11 @@ DEFAULT_FAR_THRESHOLD = 1.4
 DEFAULT_MAX_TEXTS_PER_DOMAIN = 300
 MIN_TARGET_TEXTS = 20
 OVERLAP_EXCLUDES_REFERENCE = 0.5  # a reference domain holding half the target's texts is the target itself
+
+TokenCounter = Callable[[Sequence[str]], Sequence[int]]
+"""Texts to their token counts with the foundation's tokenizer (``training.long_text.count_tokens``)."""
+
+DEFAULT_MAX_TEXTS_FOR_LENGTHS = 5000
 
 
 @dataclass(frozen=True)
@@ -200,3 +210,16 @@ def encoder_embedder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         return embed_texts(model, tokenizer, texts, max_length)
 
     return embed
+
+
+def measure_token_lengths(
+    texts: Sequence[str], count: TokenCounter, max_texts: int = DEFAULT_MAX_TEXTS_FOR_LENGTHS, seed: int = 0
+) -> TokenLengths:
+    """Count the tokens of the texts (a seeded sample of ``max_texts`` when there are more)."""
+    if not texts:
+        raise ValueError("no texts to measure token lengths on")
+    sample = sample_texts(texts, max_texts, seed)
+    counts = [int(n) for n in count(sample)]
+    if len(counts) != len(sample):
+        raise ValueError(f"the token counter returned {len(counts)} counts for {len(sample)} texts")
+    return TokenLengths(tuple(sorted(counts)), len(texts))
