@@ -39,3 +39,12 @@ def test_a_failed_run_is_told_by_its_step_and_innermost_cause() -> None:
 
     result = dg.materialize([broken], raise_on_error=False)
     assert first_failure(result) == "step broken: OSError: disk full at /tmp/x"
+
+
+def test_the_old_domain_is_guarded_only_where_its_traffic_remains() -> None:
+    from closed_loop import story_guardrails
+    from tl_platform.story.scenario import StoryConfig, shortened
+
+    assert "standard_accuracy" in {g["name"] for g in story_guardrails(StoryConfig())}
+    # all-slang days leave nothing to measure it on: pre-registered, it would keep the experiment from ending
+    assert "standard_accuracy" not in {g["name"] for g in story_guardrails(shortened())}

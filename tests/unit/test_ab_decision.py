@@ -130,3 +130,6 @@ def test_cost_per_1000_requests_prices_the_mean_latency_and_an_unknown_metric_is
     assert decision.verdict == "keep_running" and "not measured yet" in decision.reasons[0]
     given = decide(spec, aggregates(8, 0.80, 0.88), START, day(8), extra_guardrail_values={"revenue_per_user": (5.0, 5.5)})
     assert given.verdict == "ship" and given.guardrails[1].compared == pytest.approx(0.5)
+    # never measured by the maximum duration: the experiment ends, and what cannot be shown safe is not shipped
+    last = decide(spec, aggregates(spec.max_duration_days, 0.80, 0.88), START, day(spec.max_duration_days))
+    assert last.verdict == "roll_back" and "still not measured after the maximum duration" in last.reasons[0]

@@ -226,6 +226,9 @@ def decide(spec: ExperimentSpec, aggregates: ExperimentAggregates, started: date
         why = last.reason if last is not None and last.decision == "stop_benefit" else (
             f"fixed-horizon {primary.test} test at the planned sample: difference {_fmt(primary.difference)} "
             f"[{_fmt(primary.ci_low)}, {_fmt(primary.ci_high)}], p {_fmt(primary.p_value)}")
+        if unmeasured and days_run >= spec.max_duration_days:  # safety that cannot be shown is not shipped
+            return verdict("roll_back", f"the challenger is better ({why}), but guardrails {unmeasured} were still not "
+                                        f"measured after the maximum duration of {spec.max_duration_days} days")
         if unmeasured:
             return verdict("keep_running", f"the challenger is better ({why}), but guardrails {unmeasured} are not measured yet")
         better = why if why.startswith("challenger better") else f"challenger better: {why}"
