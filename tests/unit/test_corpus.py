@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tl_platform.data import CorpusSource, DataValidationError, load_corpus
-from tl_platform.data.corpus import MAX_FOLDER_DEPTH, MAX_RECORD_CHARS
+from tl_platform.data.corpus import MAX_FOLDER_DEPTH
+from tl_platform.data.corpus_formats import MAX_RECORD_CHARS
 
 
 def write(path: Path, text: str) -> Path:

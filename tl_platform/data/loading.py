@@ -131,17 +131,24 @@ def _read_rows(source: DatasetSource, path: Path) -> Iterator[_RawRow]:
         yield from _read_delimited(source, path, text, "\t" if fmt == "tsv" else ",")
 
 
+def jsonl_object(path: Path, number: int, line: str) -> dict[str, object]:
+    """One JSONL line as an object; anything else is refused naming the line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataValidationError(path, [f"line {number}: invalid JSON ({err.msg} at column {err.colno})"]) from err
+    if not isinstance(record, dict):
+        kind = "null" if record is None else type(record).__name__
+        raise DataValidationError(path, [f"line {number}: expected a JSON object, got {kind}"])
+    return record
+
+
 def _read_jsonl(source: DatasetSource, path: Path, text: str) -> Iterator[_RawRow]:
     # Split on "\n" only: str.splitlines() also breaks on U+0085 and friends, which occur inside sentences.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataValidationError(path, [f"line {number}: invalid JSON ({err.msg} at column {err.colno})"]) from err
-        if not isinstance(record, dict):
-            raise DataValidationError(path, [f"line {number}: expected a JSON object, got {type(record).__name__}"])
+        record = jsonl_object(path, number, line)
         _require_columns(path, f"line {number}", record.keys(), source)
         yield _RawRow(f"line {number}", record[source.text_column], record[source.label_column])
 
