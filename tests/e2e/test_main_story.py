@@ -1,6 +1,6 @@
 """The main command end to end, on its shortened story (``tlp run --quick``: the same code path, seven days).
 
-MiniLM is fine-tuned on amazon reviews and served over HTTP; a day of amazon traffic, a day of yelp (benign:
+MiniLM is fine-tuned on amazon reviews and served over HTTP; a day of amazon traffic, a day of yelp reviews two sentences long (benign:
 drift, the canary holds, an alert), then five days of imdb reviews in slang (harmful: drift and a breach, a
 retrain, its candidate shadowed for a day and then A/B tested against the champion from the next day, 1,500
 requests a day from 600 users, and shipped). The command is killed (SIGKILL, the whole process group)

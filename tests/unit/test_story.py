@@ -75,6 +75,17 @@ class TestTraffic:
         assert sum(len(p.texts) for p in harmful) == volume
         assert all(p.units == config.units and p.feedback_delay_hours == config.feedback_delay_hours for p in harmful)
 
+    def test_benign_reviews_are_two_sentences_of_one_sentiment(self) -> None:
+        from tl_platform.story.scenario import paired_reviews
+
+        data = load_story_data(shortened())
+        assert "two sentences per review" in data.benign.source and len(data.benign) == len(_bundled("yelp")[0])
+        yelp = {text: label for text, label in zip(*_bundled("yelp"), strict=True)}
+        for text, label in zip(data.benign.texts[:50], data.benign.labels[:50], strict=True):
+            first = next(t for t in yelp if text.startswith(t + " "))
+            assert yelp[first] == label and yelp[text[len(first) + 1:]] == label
+        assert paired_reviews(data.benign).texts[0].count(" ") > data.benign.texts[0].count(" ")
+
     def test_the_model_never_meets_its_training_texts_and_a_retrain_is_judged_on_texts_it_did_not_learn(self) -> None:
         from tl_platform.data import SplitFractions, stratified_split
         from tl_platform.data.bundled import bundled_source
@@ -229,3 +240,11 @@ class TestRunCommand:
         args = build_parser().parse_args(["run", "--epochs", "0"])
         assert cmd_story(args, run_config_from_args(args)) == 2
         assert "task_epochs must be in [1, 50]" in capsys.readouterr().err
+
+
+def _bundled(domain: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    from tl_platform.data.bundled import bundled_source
+    from tl_platform.data.loading import load_labelled_text
+
+    dataset = load_labelled_text(bundled_source(domain))
+    return dataset.texts, dataset.labels

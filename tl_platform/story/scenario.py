@@ -1,7 +1,7 @@
 """The world the main command simulates: which traffic each day brings, and how the loop is configured for it.
 
 Three phases of the world, one after the other: steady (the domain the model was trained on), a benign shift
-(another domain the model still handles: drift without harm) and a harmful one (reviews of a third domain with
+(another domain the model still handles, its reviews two sentences long: drift without harm) and a harmful one (reviews of a third domain with
 their evaluative words in slang, ``shifts.slang``, mixed with the original domain). The platform's own phases
 (retrain, shadow, A/B, after the decision) happen inside the harmful phase, when the loop gets to them.
 
@@ -147,10 +147,32 @@ def load_story_data(config: StoryConfig, split_seed: int = 42) -> StoryData:
                                SplitFractions(0.5, 0.25, 0.25), config.seed)
     return StoryData(
         own_held_out=_joined(own.validation, own.test, f"{config.domain} held out"),
-        benign=load_labelled_text(bundled_source(config.benign_domain)),
+        benign=paired_reviews(load_labelled_text(bundled_source(config.benign_domain))),
         harmful_learn=harmful.train,
         harmful_judge=_joined(harmful.validation, harmful.test, f"{config.harmful_domain} held out"),
     )
+
+
+def paired_reviews(dataset: LabelledDataset) -> LabelledDataset:
+    """Each text followed by the next text of the same label: reviews two sentences long.
+
+    Measured on the full story: the benign domain's sentences alone moved every feature by less than the drift
+    thresholds at 300-500 requests a day (KL 0.04-0.12 against 0.15, with significant gates), so nothing
+    alerted; written twice as long, as if its users had started writing longer reviews, the shift is plain in
+    the length features while each review keeps one sentiment the model can read.
+    """
+    by_label: dict[int, list[str]] = {}
+    for text, label in zip(dataset.texts, dataset.labels, strict=True):
+        by_label.setdefault(label, []).append(text)
+    texts: list[str] = []
+    labels: list[int] = []
+    for label, group in sorted(by_label.items()):
+        for i, text in enumerate(group):
+            texts.append(f"{text} {group[(i + 1) % len(group)]}")
+            labels.append(label)
+    return LabelledDataset(texts=tuple(texts), labels=tuple(labels), schema=dataset.schema,
+                           source=f"{dataset.source}, two sentences per review", rows_read=dataset.rows_read,
+                           duplicates=dataset.duplicates)
 
 
 def _joined(first: LabelledDataset, second: LabelledDataset, source: str) -> LabelledDataset:
