@@ -38,7 +38,7 @@ def day_record(story_day: StoryDay, outcomes: Sequence[DayOutcome], drift: Mappi
 
 
 def day_line(record: Mapping[str, Any]) -> str:
-    drift = ("drift: " + (", ".join(record["drifted_features"][:3]) or "yes")) if record["drifted"] else (
+    drift = ("drift: " + (", ".join(record["drifted_features"][:3]) or "embedding")) if record["drifted"] else (
         "no drift" if record["drifted"] is False else f"drift: {record['drift_status'] or 'not judged'}")
     if record["canary_accuracy"] is not None:
         canary = (f"canary {record['canary_status']} {record['canary_accuracy']:.3f} "

@@ -10,6 +10,8 @@ from tl_platform.story.progress import format_duration
 from tl_platform.story.scenario import StoryConfig
 from tl_platform.story.state import StoryState
 
+NESTED_STAGES = ("retrain",)  # timed inside the simulated days, so not added to the total again
+
 
 def _span(days: Sequence[dict[str, Any]]) -> str:
     if len(days) == 1:
@@ -44,7 +46,9 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
         window = next((d for d in state.days if d["day"] == state.retrain["window"]), None)
         why = "drift and a canary breach"
         if window is not None and window.get("canary_accuracy") is not None:
-            why = (f"drift ({len(window['drifted_features'])} features) and a canary breach (accuracy "
+            moved = (", ".join(window["drifted_features"]) if window["drifted_features"]
+                     else "the embedding projection as a whole")
+            why = (f"drift ({moved}) and a canary breach (accuracy "
                    f"{window['canary_accuracy']:.3f}, upper bound {window['ci_high']:.3f} below the SLO)")
         sentences.append(
             f"In window {state.retrain['window']}, {why} together triggered a retrain on that day's feedback "
@@ -74,7 +78,7 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
 def summary_lines(state: StoryState, config: StoryConfig, report: Path, log_path: Path, seconds: float) -> list[str]:
     lines = ["", "What happened:"]
     lines += [f"  - {sentence}" for sentence in narrative(state, config)]
-    total = sum(state.stage_seconds.values())
+    total = sum(seconds for name, seconds in state.stage_seconds.items() if name not in NESTED_STAGES)
     lines += [
         "",
         f"Report: {report}  (open it in a browser)",
@@ -83,7 +87,8 @@ def summary_lines(state: StoryState, config: StoryConfig, report: Path, log_path
         f"Dagster's event stream: {log_path}",
         f"Time: {format_duration(total)} in all stages"
         + (f" ({format_duration(seconds)} in this command, which resumed the story)" if seconds < total - 1 else "")
-        + ": " + ", ".join(f"{name} {format_duration(s)}" for name, s in state.stage_seconds.items()),
+        + ": " + ", ".join(f"{name} {format_duration(s)}" + (" (within the days)" if name in NESTED_STAGES else "")
+                           for name, s in state.stage_seconds.items()),
     ]
     return lines
 
