@@ -41,9 +41,17 @@ from tl_platform.economics.report import PROPOSAL_CATALOGUE_SPECS, Proposal, loa
 from tl_platform.local_state import tlp_home
 from tl_platform.monitoring.trigger import TriggerState
 from tl_platform.story.progress import Progress, format_duration, training_bars
-from tl_platform.story.records import day_record
+from tl_platform.story.records import day_record, points_text
 from tl_platform.story.report import write_story_report
-from tl_platform.story.scenario import StoryConfig, StoryDay, first_day, load_story_data, timeline, traffic_for
+from tl_platform.story.scenario import (
+    StoryConfig,
+    StoryDay,
+    experiment_config,
+    first_day,
+    load_story_data,
+    timeline,
+    traffic_for,
+)
 from tl_platform.story.server import ServingProcess, purge_day
 from tl_platform.story.state import StoryLockedError, StoryMismatchError, StoryState, StoryStore
 from tl_platform.story.summary import summary_lines
@@ -233,8 +241,8 @@ class Story:
         self.state.retrain = {"window": window, "run_id": run_id, "candidate_version": candidate,
                               "forgetting": forgetting, "reasons": request.tags.get("tlp/trigger_reasons", "")}
         self.save()
-        self.progress.line(f"  candidate v{candidate}: {_points(forgetting.get('fresh_gain_points'))} on the window's "
-                           f"held-out rows, {_points(forgetting.get('previous_change_points'))} on the old test set")
+        self.progress.line(f"  candidate v{candidate}: {points_text(forgetting.get('fresh_gain_points'))} on the window's "
+                           f"held-out rows, {points_text(forgetting.get('previous_change_points'))} on the old test set")
         return self.state.retrain
 
     def experiment_step(self, story_day: StoryDay, server: "ServingProcess") -> dict[str, Any] | None:
@@ -245,11 +253,7 @@ class Story:
         if experiment is None:
             start = story_day.day + timedelta(days=1)
             experiment_id = f"story-{self.state.fingerprint[:6]}-v{retrain['candidate_version']}"
-            config = {"candidate_version": retrain["candidate_version"], "experiment_id": experiment_id,
-                      "start_day": start.isoformat(), "baseline": self.config.ab_baseline, "mde": self.config.ab_mde,
-                      "min_duration_days": self.config.ab_min_days, "max_duration_days": self.config.ab_max_days,
-                      "slices": ["register", "domain"], "routing_salt": f"story-{self.config.seed}",
-                      "shadow_days": self.config.shadow_days, "guardrails": story_guardrails(self.config)}
+            config = experiment_config(self.config, retrain["candidate_version"], experiment_id, start)
             self.run_job("ab_start_job", {"ab_experiment": {"config": config}})
             self.state.experiment = {"id": experiment_id, "start_day": start.isoformat(),
                                      "candidate_version": retrain["candidate_version"], "verdict": None}
@@ -284,24 +288,6 @@ class Story:
     def load_proposal(self) -> Proposal:
         located = locate(self.instance, self.stage_store, PROPOSAL_CATALOGUE_SPECS)
         return load_proposal(*(Path(located[spec]) for spec in PROPOSAL_CATALOGUE_SPECS))
-
-
-def story_guardrails(config: StoryConfig) -> list[dict[str, Any]]:
-    """The pre-registered guardrails; the old domain's accuracy is guarded only where its traffic remains."""
-    guardrails: list[dict[str, Any]] = [
-        # a shared 2-core machine's tail latency moves by tens of milliseconds from minute to minute
-        {"name": "p99_latency", "metric": "p99_latency_ms", "limit": 500.0, "direction": "lower",
-         "comparison": "vs_champion"},
-        {"name": "error_rate", "metric": "error_rate", "limit": 0.01, "direction": "lower"},
-    ]
-    if config.slang_share < 1.0:
-        guardrails.append({"name": "standard_accuracy", "metric": "accuracy", "limit": -0.03, "direction": "higher",
-                           "comparison": "vs_champion", "slice": {"register": "standard"}})
-    return guardrails
-
-
-def _points(value: object) -> str:
-    return f"{value:+.1f} points" if isinstance(value, int | float) else "n/a"
 
 
 def first_failure(result: dg.ExecuteInProcessResult) -> str:

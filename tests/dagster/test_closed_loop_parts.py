@@ -42,9 +42,21 @@ def test_a_failed_run_is_told_by_its_step_and_innermost_cause() -> None:
 
 
 def test_the_old_domain_is_guarded_only_where_its_traffic_remains() -> None:
-    from closed_loop import story_guardrails
-    from tl_platform.story.scenario import StoryConfig, shortened
+    from tl_platform.story.scenario import StoryConfig, shortened, story_guardrails
 
     assert "standard_accuracy" in {g["name"] for g in story_guardrails(StoryConfig())}
     # all-slang days leave nothing to measure it on: pre-registered, it would keep the experiment from ending
     assert "standard_accuracy" not in {g["name"] for g in story_guardrails(shortened())}
+
+
+def test_the_story_pre_registers_an_experiment_the_asset_accepts() -> None:
+    from datetime import date
+
+    from assets.ab_experiment import ExperimentConfig
+    from tl_platform.story.scenario import StoryConfig, experiment_config
+
+    config = ExperimentConfig(**experiment_config(StoryConfig(), "2", "story-v2", date(2026, 11, 4)))
+    spec = config.spec("story-v2", None)
+    assert (spec.min_duration_days, spec.max_duration_days, spec.mde) == (7, 14, 0.05)
+    assert spec.routing_salt == "story-7" and spec.slices == ("register", "domain") and config.shadow_days == 1
+    assert [g.name for g in spec.guardrails] == ["p99_latency", "error_rate", "standard_accuracy"]

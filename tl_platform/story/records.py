@@ -67,3 +67,7 @@ def _decision(decision: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def points_text(value: object) -> str:
+    return f"{value:+.1f} points" if isinstance(value, int | float) else "n/a"

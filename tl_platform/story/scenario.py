@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from tl_platform.data.bundled import bundled_source
 from tl_platform.data.loading import load_labelled_text
@@ -207,3 +207,26 @@ def traffic_for(config: StoryConfig, data: StoryData, story_day: StoryDay) -> li
     if volume - shifted > 0:
         parts.append(part(data.own_held_out, volume - shifted, config.domain, "standard", 1))
     return parts
+
+
+def story_guardrails(config: StoryConfig) -> list[dict[str, Any]]:
+    """The pre-registered guardrails; the old domain's accuracy is guarded only where its traffic remains."""
+    guardrails: list[dict[str, Any]] = [
+        # a shared 2-core machine's tail latency moves by tens of milliseconds from minute to minute
+        {"name": "p99_latency", "metric": "p99_latency_ms", "limit": 500.0, "direction": "lower",
+         "comparison": "vs_champion"},
+        {"name": "error_rate", "metric": "error_rate", "limit": 0.01, "direction": "lower"},
+    ]
+    if config.slang_share < 1.0:
+        guardrails.append({"name": "standard_accuracy", "metric": "accuracy", "limit": -0.03, "direction": "higher",
+                           "comparison": "vs_champion", "slice": {"register": "standard"}})
+    return guardrails
+
+
+def experiment_config(config: StoryConfig, candidate: str, experiment_id: str, start: date) -> dict[str, Any]:
+    """``ab_experiment``'s run config for the story's candidate: the spec it pre-registers."""
+    return {"candidate_version": candidate, "experiment_id": experiment_id, "start_day": start.isoformat(),
+            "baseline": config.ab_baseline, "mde": config.ab_mde, "min_duration_days": config.ab_min_days,
+            "max_duration_days": config.ab_max_days, "slices": ["register", "domain"],
+            "routing_salt": f"story-{config.seed}", "shadow_days": config.shadow_days,
+            "guardrails": story_guardrails(config)}
