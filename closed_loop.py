@@ -258,7 +258,7 @@ class Story:
             self.state.experiment = {"id": experiment_id, "start_day": start.isoformat(),
                                      "candidate_version": retrain["candidate_version"], "verdict": None}
             self.save()
-            server.wait_for(challenger=retrain["candidate_version"])
+            server.wait_for_record()
             self.progress.line(f"  experiment {experiment_id} starts {start}: "
                                f"{self.config.shadow_days} shadow day(s), then half the users on the candidate")
             return None
@@ -270,9 +270,8 @@ class Story:
         experiment.update({"verdict": decided.get("verdict"), "summary": decided.get("summary"),
                            "reasons": decided.get("reasons"), "decided_day": story_day.day.isoformat()})
         self.save()
+        server.wait_for_record()  # the shadow's last day starts the split; a final verdict moves traffic
         if decided.get("verdict") in ("ship", "roll_back", "invalid"):
-            champion = experiment["candidate_version"] if decided["verdict"] == "ship" else None
-            server.wait_for(champion=champion)
             self.progress.line(f"  A/B decision: {str(decided.get('summary'))[:400]}")
         return decided
 
