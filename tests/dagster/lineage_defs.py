@@ -84,12 +84,26 @@ def daily_summary(context: dg.AssetExecutionContext, stage_store: StageStore) ->
 
 
 @dg.asset(pool="training")
-def pooled_step() -> dg.MaterializeResult:
-    """Holds the `training` pool's slot for a second and records when (POOL_TEST_SPANS)."""
+def pooled_step(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Holds the `training` pool's slot and records when (POOL_TEST_SPANS).
+
+    The first holder announces itself (POOL_TEST_STARTED) and keeps the slot until the instance shows another
+    step queued for the pool, so the test sees the second run blocked rather than merely started later.
+    """
     started = time.time()
-    time.sleep(1.0)
-    with open(os.environ["POOL_TEST_SPANS"], "a") as spans:
-        spans.write(f"{started} {time.time()}\n")
+    spans = Path(os.environ["POOL_TEST_SPANS"])
+    first = not spans.exists()
+    Path(os.environ["POOL_TEST_STARTED"]).touch()
+    saw_waiting_peer = False
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while first and time.monotonic() < deadline:
+        if context.instance.event_log_storage.get_concurrency_info("training").pending_step_count > 0:
+            saw_waiting_peer = True
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    with open(spans, "a") as lines:
+        lines.write(f"{started} {time.time()} {int(saw_waiting_peer)}\n")
     return dg.MaterializeResult()
 
 

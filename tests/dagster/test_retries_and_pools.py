@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -78,28 +79,43 @@ def test_the_local_instance_limits_every_pool_to_one(tmp_path: Path) -> None:
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
 
 
-def test_two_runs_of_a_pooled_stage_never_overlap(tmp_path: Path) -> None:
-    """Two processes each materialise a step of the `training` pool; the instance lets one run at a time."""
+def test_a_run_waits_for_the_pooled_stage_another_run_holds(tmp_path: Path) -> None:
+    """Two processes each materialise a step of the `training` pool; the second queues until the first is done.
+
+    The second starts once the first holds the slot. Started at the same instant on SQLite, both can take the
+    pool's one slot: SQLite has no row locks, so Dagster's claim is a read then a write (Postgres, the production
+    storage, locks the row). The README says so beside the local instance.
+    """
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML)
     with dg.DagsterInstance.from_config(str(home)):  # create the storage before two processes race to
         pass
-    spans = tmp_path / "spans.txt"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "POOL_TEST_SPANS": str(spans),
+    spans, started = tmp_path / "spans.txt", tmp_path / "started"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "POOL_TEST_SPANS": str(spans), "POOL_TEST_STARTED": str(started),
            "LINEAGE_TEST_ROOT": str(tmp_path / "store"), "LINEAGE_TEST_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "tests.dagster.lineage_defs",
                "--select", "pooled_step"]
     repo = Path(__file__).resolve().parents[2]
-    processes = [subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for _ in range(2)]
-    for process in processes:
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = start()
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the first run never reached its pooled step"
+        time.sleep(0.1)
+    second = start()
+    for process in (first, second):
         output, _ = process.communicate(timeout=300)
         assert process.returncode == 0, output[-3000:]
-    (_, first_end), (second_start, _) = sorted(
+    (_, first_end, first_saw_peer), (second_start, _, _) = sorted(
         tuple(float(x) for x in line.split()) for line in spans.read_text().splitlines()
     )
-    assert second_start >= first_end  # the second waited for the pool's one slot
+    assert first_saw_peer == 1  # the second run was queued for the slot while the first held it
+    assert second_start >= first_end  # and ran only after it was given back
 
 
 def test_the_production_instance_limits_pools_and_queues_runs(tmp_path: Path) -> None:
