@@ -11,7 +11,7 @@ from pydantic import Field
 from assets.ab_records import ExperimentRecord, experiment_for_day, record_verdict
 from assets.exported_model import SERVING_MODEL_NAME
 from assets.monitoring_partitions import MONITOR_PARTITIONS, day_bounds
-from assets.serving_state import served_variant, write_split
+from assets.serving_state import publish_deployment, served_variant, write_split
 from assets.stage_records import content_version, png_markdown
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
@@ -25,7 +25,7 @@ from tl_platform.experiments.ab_rollup_read import rollup_for_spec
 from tl_platform.experiments.ab_rollup_state import RollupError
 from tl_platform.experiments.ab_shadow import compare_shadow
 from tl_platform.experiments.promotion import promote, retire
-from tl_platform.serving.deployment import DeploymentRecord, write_deployment_record
+from tl_platform.serving.deployment import DeploymentRecord
 from tl_platform.serving.log_schema import log_tables
 from tl_platform.tracking.mlflow_tracker import MlflowRegistry, RegisteredVersion, set_run_tags
 
@@ -64,7 +64,7 @@ def _act(decision: ExperimentDecision, record: ExperimentRecord, mlflow: MlflowT
             moved = {"retired": record.challenger_version,
                      "alias_moved": retire(registry, SERVING_MODEL_NAME, new.version, reason, actor)}
             serving = DeploymentRecord(champion=served_variant(old))
-    path = write_deployment_record(target.path(), serving)
+        path = publish_deployment(target, serving, registry)
     return {"registry": moved, "record": str(path), "serving_state": serving.to_json()}
 
 
@@ -81,8 +81,8 @@ def _shadow_day(context: dg.AssetExecutionContext, config: DecisionConfig, recor
     if last and record.running and config.act and "tlp.ab.split_started" not in record.tags:
         with mlflow.retry_when_unavailable():
             old, new = _version(mlflow, record.champion_version), _version(mlflow, record.challenger_version)
-        switched = str(write_split(target, old, new, record.spec, shadow=False))
         with mlflow.retry_when_unavailable():
+            switched = str(write_split(target, MlflowRegistry(mlflow.settings()), old, new, record.spec, shadow=False))
             set_run_tags(mlflow.settings(), record.run_id, {"tlp.ab.split_started": record.split_day.isoformat()})
     summary = (f"{record.spec.experiment_id}: shadow day {(day - record.start_day).days + 1} of {record.shadow_days}: "
                f"{comparison.summary()}" + (f"; the split starts on {record.split_day}" if last else ""))

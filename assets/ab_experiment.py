@@ -147,7 +147,9 @@ def ab_experiment(
             promotion = promote(MlflowRegistry(mlflow.settings()), SERVING_MODEL_NAME, candidate.version, "challenger",
                                 f"A/B experiment {experiment_id}: {spec.power_summary()}", actor)
     in_shadow = config.shadow_days > 0 and not (stored is not None and "tlp.ab.split_started" in stored.tags)
-    path = write_split(deployment_target, champion, candidate, spec, shadow=in_shadow)
+    with mlflow.retry_when_unavailable():
+        path = write_split(deployment_target, MlflowRegistry(mlflow.settings()), champion, candidate, spec,
+                           shadow=in_shadow)
     size = spec.sample_size()
     phase = (f"in shadow for {config.shadow_days} days, then on {spec.challenger_share:.0%} of units"
              if config.shadow_days else f"on {spec.challenger_share:.0%} of units")

@@ -8,13 +8,13 @@ import dagster as dg
 from pydantic import Field
 
 from assets.exported_model import SERVING_MODEL_NAME
-from assets.serving_state import served_variant
+from assets.serving_state import publish_deployment, served_variant
 from assets.stage_records import content_version
 from resources.deployment_target import DeploymentTarget
 from resources.mlflow_tracking import MlflowTracking
 from resources.stage_store import StageStore, lineage_metadata
 from tl_platform.experiments.promotion import ensure_champion
-from tl_platform.serving.deployment import DeploymentRecord, write_deployment_record
+from tl_platform.serving.deployment import DeploymentRecord
 from tl_platform.tracking.mlflow_tracker import MlflowRegistry, version_by_alias
 
 
@@ -28,7 +28,7 @@ class DeploymentConfig(dg.Config):
     )
 
 
-@dg.asset(group_name="serving", kinds={"mlflow"}, deps=["exported_model"], code_version="2", pool="model_registry")
+@dg.asset(group_name="serving", kinds={"mlflow"}, deps=["exported_model"], code_version="3", pool="model_registry")
 def deployment(
     context: dg.AssetExecutionContext,
     config: DeploymentConfig,
@@ -68,7 +68,8 @@ def deployment(
         challenger_share=config.challenger_share,
         shadow=config.shadow,
     )
-    path = write_deployment_record(deployment_target.path(), record)
+    with mlflow.retry_when_unavailable():
+        path = publish_deployment(deployment_target, record, MlflowRegistry(settings))
     serving = {champion.version, challenger.version if challenger is not None else None}
     waiting = "no" if candidate in serving else f"v{candidate} awaits promotion (an A/B experiment or tlp promote)"
     context.log.info(f"deployment record written to {path}; champion v{champion.version}; candidate: {waiting}")

@@ -1,17 +1,22 @@
-"""Writing what serves: registered versions resolved to verified bundles, in the one record the server watches.
+"""Writing what serves: registered versions resolved to verified bundles, in the record the servers watch.
 
-``deployment`` writes it from the aliases; the A/B assets write it to start a split and to end one.
+``deployment`` writes it from the aliases; the A/B assets write it to start a split and to end one. It is
+published twice: as the file a server on this machine watches, and as the serving model's registry tag that
+replicas elsewhere read (``--registry-model``), downloading the versions it names from the tracking server.
 """
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+from assets.exported_model import SERVING_MODEL_NAME
 from resources.deployment_target import DeploymentTarget
 from tl_platform.checkpoints import verify_bundle
 from tl_platform.experiments.ab_spec import ExperimentSpec
 from tl_platform.export.precision import resolve_precision
 from tl_platform.serving.deployment import DeploymentRecord, VariantSpec, write_deployment_record
-from tl_platform.tracking.mlflow_tracker import RegisteredVersion
+from tl_platform.serving.record_source import RECORD_TAG
+from tl_platform.tracking.mlflow_tracker import MlflowRegistry, RegisteredVersion
 
 
 def variant_of(version: RegisteredVersion, precision: str) -> VariantSpec:
@@ -40,8 +45,15 @@ def served_variant(version: RegisteredVersion, requested: str = "auto") -> Varia
     return replace(spec, precision=precision)
 
 
-def write_split(target: DeploymentTarget, champion: RegisteredVersion, challenger: RegisteredVersion,
-                spec: ExperimentSpec, shadow: bool) -> Path:
+def publish_deployment(target: DeploymentTarget, record: DeploymentRecord, registry: MlflowRegistry) -> Path:
+    """Write the record file, then the serving model's registry tag; return the file's path."""
+    path = write_deployment_record(target.path(), record)
+    registry.set_model_tag(SERVING_MODEL_NAME, RECORD_TAG, json.dumps(record.to_json(), sort_keys=True))
+    return path
+
+
+def write_split(target: DeploymentTarget, registry: MlflowRegistry, champion: RegisteredVersion,
+                challenger: RegisteredVersion, spec: ExperimentSpec, shadow: bool) -> Path:
     """The experiment's serving state: the challenger in shadow (every caller sees the champion), or on the
     spec's share of units, routed by the experiment's own salt."""
     record = DeploymentRecord(
@@ -49,4 +61,4 @@ def write_split(target: DeploymentTarget, champion: RegisteredVersion, challenge
         challenger_share=0.0 if shadow else spec.challenger_share, shadow=shadow,
         experiment_id=spec.experiment_id, routing_salt=spec.routing_salt,
     )
-    return write_deployment_record(target.path(), record)
+    return publish_deployment(target, record, registry)

@@ -19,13 +19,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from assets import TRANSFER_ASSETS, ab_decision, ab_experiment, deployment, exported_model
+from assets.exported_model import SERVING_MODEL_NAME
 from resources import PredictionLogSource
 from sensors.retrain_trigger import latest_metadata
 from tests.dagster.conftest import Stages, tiny_run_config
 from tl_platform.serving.app import create_app
 from tl_platform.serving.config import ServingConfig
-from tl_platform.serving.deployment import read_deployment_record
-from tl_platform.tracking.mlflow_tracker import registered_versions_with_aliases
+from tl_platform.serving.deployment import DeploymentRecord, read_deployment_record
+from tl_platform.serving.record_source import RECORD_TAG
+from tl_platform.tracking.mlflow_tracker import MlflowRegistry, registered_versions_with_aliases
 
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 FIRST = date.today() - timedelta(days=12)
@@ -102,13 +104,22 @@ def served(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return stages, log_url
 
 
+def published_record(stages: Stages) -> DeploymentRecord:
+    """The record replicas serving from the registry read: the serving model's tag, which must equal the file."""
+    tag = MlflowRegistry(stages["mlflow"].settings()).model_tag(SERVING_MODEL_NAME, RECORD_TAG)
+    assert tag is not None
+    record = DeploymentRecord.from_json(json.loads(tag))
+    assert record == read_deployment_record(stages["deployment_target"].path())
+    return record
+
+
 def test_a_better_challenger_ships_after_the_minimum_duration_and_keeps_a_holdout(served: tuple[Stages, str]) -> None:
     stages, log_url = served
     assert stages.materialize([ab_experiment], run_config=experiment_config(FIRST)).success
     started = experiment_metadata(stages)
     assert started["experiment_id"] == "ab-v2" and started["challenger_version"] == "2"
     assert "at least" in started["power_calculation"] and started["required_units"]["champion"] > 0
-    record = read_deployment_record(stages["deployment_target"].path())
+    record = published_record(stages)
     assert record.challenger is not None and record.challenger.version == "2" and record.challenger_share == 0.5
     assert record.experiment_id == "ab-v2" and record.routing_salt == started["spec"]["routing_salt"]
     assert len(record.routing_salt or "") == 32  # a fresh salt, not the server's
@@ -133,7 +144,7 @@ def test_a_better_challenger_ships_after_the_minimum_duration_and_keeps_a_holdou
     assert stages.check_evaluation("ab_decision", "experiment_is_valid").passed
     after = aliases(stages)
     assert after["2"][0] == ["champion"] and after["1"][0] == []
-    holdout = read_deployment_record(stages["deployment_target"].path())
+    holdout = published_record(stages)
     assert holdout.champion.version == "2" and holdout.challenger is not None and holdout.challenger.version == "1"
     assert holdout.challenger_share == 0.05 and holdout.experiment_id == "ab-v2-holdout"
 

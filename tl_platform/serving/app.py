@@ -46,6 +46,7 @@ from tl_platform.serving.prediction_log import (
     PredictionLog,
     UnknownRequestError,
 )
+from tl_platform.serving.record_source import FileRecordSource, RecordSource, registry_source
 from tl_platform.serving.request_parsing import (
     EVENT_TIME_FORMAT,
     EVENT_TIME_HEADER,
@@ -140,6 +141,14 @@ class ServingRuntime:
         self.log.close()
 
 
+def record_source(config: ServingConfig) -> RecordSource:
+    """The record file, or the registered model's record and versions (downloaded into ``model_cache``)."""
+    if config.deployment is not None:
+        return FileRecordSource(config.deployment)
+    assert config.registry_model is not None and config.tracking_uri is not None  # ServingConfig checks both
+    return registry_source(config.registry_model, config.tracking_uri, config.model_cache)
+
+
 def build_runtime(config: ServingConfig, loader: ModelLoader = load_variant, table_prefix: str = "") -> ServingRuntime:
     """Open the log (migrating it, or refusing a stale schema with ``migrate_log`` off), load the deployment
     (raising if it cannot be served) and wire the parts; nothing runs until ``start``."""
@@ -177,7 +186,7 @@ def _wire(config: ServingConfig, loader: ModelLoader, metrics: ServingMetrics, l
             if live.challenger is not None:
                 metrics.model_info.labels("challenger", live.challenger.version, live.challenger.precision).set(1)
 
-    watcher = DeploymentWatcher(config.deployment, loader, config.intra_op_threads, config.reload_interval_s, on_reload)
+    watcher = DeploymentWatcher(record_source(config), loader, config.intra_op_threads, config.reload_interval_s, on_reload)
     watcher.load()
     batcher = DynamicBatcher(
         config.max_batch_size, config.max_wait_ms, config.batch_workers, config.bucket_edges,
@@ -341,7 +350,7 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
     async def readyz() -> ReadyResponse:
         watcher, log = runtime.watcher, runtime.log
         if not watcher.loaded:
-            raise ApiError(503, "models", "deployment_loaded", f"models: no deployment loaded from {watcher.path}")
+            raise ApiError(503, "models", "deployment_loaded", f"models: no deployment loaded from {watcher.where}")
         if not watcher.watching:
             raise ApiError(503, "deployment_watcher", "watcher_running",
                            "deployment_watcher: not running, so record changes would not be served")

@@ -21,7 +21,13 @@ class ServingConfig:
     """Settings of one serving process.
 
     Attributes:
-        deployment: path of the deployment record (JSON) the server reads, and watches for changes.
+        deployment: path of the deployment record (JSON) the server reads, and watches for changes; or None with
+            ``registry_model`` set.
+        registry_model: the registered serving model whose deployment record (a model tag) the server reads and
+            watches, downloading the versions it names from the tracking server at ``tracking_uri`` into
+            ``model_cache``; exactly one of ``deployment`` and ``registry_model`` is set.
+        tracking_uri: the MLflow tracking server (with ``registry_model``).
+        model_cache: where downloaded versions are kept (with ``registry_model``).
         log_url: SQLAlchemy URL of the prediction log (``sqlite:///path.db`` embedded, ``postgresql+psycopg://`` production).
         intra_op_threads: ONNX Runtime (or torch) intra-op threads per model session, in [1, 64].
         batch_workers: threads that take batches off the queue and run the model, in [1, 64].
@@ -87,7 +93,10 @@ class ServingConfig:
             doubling to 8 s) before giving up with a message, in [0, 3600]; 0 tries once.
     """
 
-    deployment: Path
+    deployment: Path | None = None
+    registry_model: str | None = None
+    tracking_uri: str | None = None
+    model_cache: Path = Path(".tlp/model_cache")
     log_url: str = "sqlite:///.tlp/predictions.db"
     intra_op_threads: int = 1
     batch_workers: int = 1
@@ -120,7 +129,18 @@ class ServingConfig:
     request_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "deployment", Path(self.deployment))
+        if self.deployment is not None:
+            object.__setattr__(self, "deployment", Path(self.deployment))
+        object.__setattr__(self, "model_cache", Path(self.model_cache))
+        _require(
+            (self.deployment is None) != (self.registry_model is None),
+            "ServingConfig needs exactly one of deployment (a record file) and registry_model (a registered model "
+            f"whose record the server reads), got deployment={self.deployment!r}, registry_model={self.registry_model!r}",
+        )
+        _require(
+            self.registry_model is None or bool(self.tracking_uri and self.tracking_uri.strip()),
+            "ServingConfig.tracking_uri is required with registry_model (the MLflow server to read it from)",
+        )
         object.__setattr__(self, "bucket_edges", tuple(self.bucket_edges))
         _require(bool(self.log_url.strip()), "ServingConfig.log_url must be a SQLAlchemy URL, got an empty string")
         for name, low, high in (
@@ -195,7 +215,8 @@ class ServingConfig:
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
-        data["deployment"] = str(self.deployment)
+        data["deployment"] = str(self.deployment) if self.deployment is not None else None
+        data["model_cache"] = str(self.model_cache)
         data["bucket_edges"] = list(self.bucket_edges)
         return data
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from tl_platform.checkpoints.bundle import BundleError
 from tl_platform.serving.deployment import DeploymentRecord, DeploymentRecordError, VariantSpec
 from tl_platform.serving.model import ModelLoader, ServingModel
+from tl_platform.serving.record_source import FileRecordSource, RecordSource
 
 logger = logging.getLogger(__name__)
 MAX_RETRY_S = 300.0  # the back-off between tries of one failing record stops growing here
@@ -64,7 +65,8 @@ class _Retry:
 
 
 class DeploymentWatcher:
-    """Loads the record at ``path`` and reloads it when its bytes change, every ``interval_s`` on a thread.
+    """Loads the record from ``source`` (a file path, or the registry) and reloads it when its bytes change,
+    every ``interval_s`` on a thread.
 
     ``on_reload(live, error)`` is told of every attempt: ``(live, None)`` loaded fully, ``(live, error)`` loaded
     with the challenger dropped, ``(None, error)`` failed (the previous deployment serves). A failed attempt is
@@ -73,7 +75,7 @@ class DeploymentWatcher:
 
     def __init__(
         self,
-        path: Path,
+        source: RecordSource | Path,
         loader: ModelLoader,
         intra_op_threads: int,
         interval_s: float,
@@ -82,7 +84,8 @@ class DeploymentWatcher:
         max_retry_s: float = MAX_RETRY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.path = Path(path)
+        self.source: RecordSource = FileRecordSource(source) if isinstance(source, Path) else source
+        self.where = self.source.describe()
         self._loader = loader
         self._threads = intra_op_threads
         self._interval = interval_s
@@ -100,7 +103,7 @@ class DeploymentWatcher:
     def current(self) -> LiveDeployment:
         live = self._current
         if live is None:
-            raise RuntimeError(f"no deployment loaded from {self.path}")
+            raise RuntimeError(f"no deployment loaded from {self.where}")
         return live
 
     @property
@@ -177,7 +180,7 @@ class DeploymentWatcher:
         retry = self._retry
         assert retry is not None
         logger.error("deployment reload from %s failed (try %d, next in %.0f s); still serving the previous "
-                     "deployment: %s", self.path, retry.attempts, retry.next_at - self._clock(), message)
+                     "deployment: %s", self.where, retry.attempts, retry.next_at - self._clock(), message)
         self._notify(None, message)
         return ReloadOutcome(False, message)
 
@@ -190,20 +193,15 @@ class DeploymentWatcher:
             logger.exception("the deployment watcher's on_reload hook failed")
 
     def _read_bytes(self) -> bytes:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError as err:
-            raise DeploymentRecordError(f"{self.path}: no deployment record (the deployment asset writes it)") from err
-        except OSError as err:  # a directory, no permission, an I/O error: reported like a missing file
-            raise DeploymentRecordError(f"{self.path}: cannot read the deployment record ({err})") from err
+        return self.source.read()
 
     def _build(self, data: bytes, fingerprint: str) -> LiveDeployment:
         try:
             record = DeploymentRecord.from_json(json.loads(data.decode("utf-8")))
         except (ValueError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
             if isinstance(err, DeploymentRecordError):
-                raise DeploymentRecordError(f"{self.path}: {err}") from err
-            raise DeploymentRecordError(f"{self.path}: not valid UTF-8 JSON ({err})") from err
+                raise DeploymentRecordError(f"{self.where}: {err}") from err
+            raise DeploymentRecordError(f"{self.where}: not valid UTF-8 JSON ({err})") from err
         champion = self._model(record.champion, "champion")
         if record.challenger is None:
             return LiveDeployment(record, champion, None, fingerprint)
@@ -226,7 +224,7 @@ class DeploymentWatcher:
             if spec == current.record.challenger and current.challenger is not None:
                 return current.challenger
         try:
-            return self._loader(spec, self._threads)
+            return self._loader(self.source.localise(spec), self._threads)
         except BundleError as err:  # name the variant: the record may hold two bundles
             raise BundleError(f"{role}: {err}") from err
         except DeploymentRecordError as err:
@@ -251,4 +249,4 @@ class DeploymentWatcher:
             try:
                 self.check()
             except Exception:  # check reports its own failures; this is for its bugs: keep watching
-                logger.exception("deployment watcher: unexpected error while checking %s; still watching", self.path)
+                logger.exception("deployment watcher: unexpected error while checking %s; still watching", self.where)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,17 @@ from tl_platform.serving.config import ServingConfig
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServingConfig(deployment=Path("deployment.json"))
-    parser.add_argument("--deployment", required=True, help="the deployment record (JSON) to serve and watch")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--deployment", help="the deployment record (JSON) to serve and watch")
+    source.add_argument(
+        "--registry-model", metavar="NAME",
+        help="serve what the registered model NAME's deployment record names, downloading its versions from the "
+        "tracking server (--tracking-uri) into --model-cache, each verified against the record's digest",
+    )
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="the MLflow tracking server, with --registry-model (default: $MLFLOW_TRACKING_URI)")
+    parser.add_argument("--model-cache", default=str(defaults.model_cache),
+                        help="where versions downloaded from the registry are kept")
     parser.add_argument("--log-url", default=defaults.log_url, help="SQLAlchemy URL of the prediction log")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -85,7 +96,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServingConfig:
     config = ServingConfig(
-        deployment=Path(args.deployment),
+        deployment=Path(args.deployment) if args.deployment else None,
+        registry_model=args.registry_model,
+        tracking_uri=args.tracking_uri,
+        model_cache=Path(args.model_cache),
         log_url=args.log_url,
         intra_op_threads=args.threads,
         batch_workers=args.batch_workers,

@@ -94,9 +94,11 @@ class MlflowSettings:
 
 @contextmanager
 def start_tracked_run(
-    settings: MlflowSettings, run_name: str, tags: Mapping[str, str]
+    settings: MlflowSettings, run_name: str, tags: Mapping[str, str], nested: bool = False
 ) -> Iterator[MlflowRunTracker]:
-    """Open one MLflow run; it ends FINISHED on success and FAILED when the body raises."""
+    """Open one MLflow run; it ends FINISHED on success and FAILED when the body raises.
+
+    ``nested`` opens it as a child of the run active in this process (MLflow's UI shows it under its parent)."""
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment_name)
@@ -105,7 +107,7 @@ def start_tracked_run(
         if experiment is not None
         else client.create_experiment(settings.experiment_name, artifact_location=settings.artifact_location)
     )
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags), nested=nested) as run:
         url = None
         if settings.ui_base_url:
             url = f"{settings.ui_base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
@@ -210,6 +212,24 @@ class MlflowRegistry:
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self._client.set_model_version_tag(name, version, key, value)
+
+    def model_tag(self, name: str, key: str) -> str | None:
+        """A tag of the registered model itself (not of a version), or None when the model or the tag is absent."""
+        found = _unless_absent(lambda: self._client.get_registered_model(name))
+        return None if found is None else found.tags.get(key)
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self._client.set_registered_model_tag(name, key, value)
+
+    def download_version(self, name: str, version: str, destination: Path) -> Path:
+        """Copy a registered version's artifacts from the tracking server into ``destination``; return the
+        downloaded directory."""
+        found = self._client.get_model_version(name, version)
+        destination.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=str(found.source), dst_path=str(destination), tracking_uri=self._client.tracking_uri
+        )
+        return Path(local)
 
 
 _UNAVAILABLE_MARKERS = (
