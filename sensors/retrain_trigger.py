@@ -11,6 +11,7 @@ request a no-op even if the cursor were lost.
 # No `from __future__ import annotations`: Dagster reads the resource annotations at runtime.
 
 import json
+import os
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,15 @@ from resources.retrain_policy import RetrainPolicy
 from tl_platform.monitoring.trigger import TriggerState, WindowSignals, decide
 
 RETRAIN_JOB_NAME = "retrain_job"
+
+
+def tick_interval_s(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
+    """Seconds between the daemon's evaluations of the trigger: TLP_TRIGGER_INTERVAL_S, default 300."""
+    raw = environ.get("TLP_TRIGGER_INTERVAL_S", "300")
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 86_400:
+        raise ValueError(f"TLP_TRIGGER_INTERVAL_S must be a whole number of seconds in [1, 86400], got {raw!r}")
+    return int(raw)
+
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
@@ -74,7 +84,7 @@ def window_signals(instance: dg.DagsterInstance, window: str) -> WindowSignals:
 @dg.sensor(
     name="drift_canary_trigger",
     job=retrain_job,
-    minimum_interval_seconds=300,
+    minimum_interval_seconds=tick_interval_s(),
     # Stopped until someone turns it on (UI, or `dagster sensor start drift_canary_trigger`): a new deployment
     # has no monitor results yet, and a retrain costs training time; see the README's monitoring section.
     default_status=dg.DefaultSensorStatus.STOPPED,

@@ -15,6 +15,8 @@ DEFAULT_BUCKET_EDGES: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 
 DEFAULT_MAX_TEXT_CHARS = 10_000
 
+LOG_URL_VARIABLE = "TLP_PREDICTION_LOG_URL"  # where `--log-url` defaults from: a URL with a password stays off argv
+
 
 @dataclass(frozen=True)
 class ServingConfig:

@@ -13,10 +13,12 @@ the schema at head and migrates nothing. Exit status 2 on a bad argument or a sc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from tl_platform.serving.config import LOG_URL_VARIABLE
 from tl_platform.serving.log_migrations import (
     LogSchemaError,
     current_revision,
@@ -49,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("purge-texts", "set to NULL the text of rows older than N days (features stay)"),
     ):
         command = sub.add_parser(name, help=help_text)
-        command.add_argument("--log-url", required=True, help="SQLAlchemy URL of the prediction log")
+        env_url = os.environ.get(LOG_URL_VARIABLE)
+        command.add_argument("--log-url", default=env_url, required=not env_url,
+                             help=f"SQLAlchemy URL of the prediction log (default: ${LOG_URL_VARIABLE}, which keeps "
+                             "a password out of the command line)")
         command.add_argument("--table-prefix", default="", help="prefix of the log's table names (default none)")
         if name == "purge-texts":
             command.add_argument("--older-than-days", type=_days, required=True,

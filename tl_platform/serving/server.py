@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tl_platform.serving.config import ServingConfig
+from tl_platform.serving.config import LOG_URL_VARIABLE, ServingConfig
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the MLflow tracking server, with --registry-model (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--model-cache", default=str(defaults.model_cache),
                         help="where versions downloaded from the registry are kept")
-    parser.add_argument("--log-url", default=defaults.log_url, help="SQLAlchemy URL of the prediction log")
+    parser.add_argument("--log-url", default=os.environ.get(LOG_URL_VARIABLE, defaults.log_url),
+                        help=f"SQLAlchemy URL of the prediction log (default: ${LOG_URL_VARIABLE}, else {defaults.log_url}; "
+                        "the variable keeps a password out of the command line)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=defaults.intra_op_threads, help="ONNX Runtime intra-op threads")
