@@ -181,8 +181,14 @@ def test_a_replica_serves_from_a_real_registry_and_follows_a_moved_alias(
     with TestClient(create_app(config)) as client:
         first = client.post("/predict", json={"texts": ["Great phone."]})
         assert first.status_code == 200 and first.json()["model_version"] == versions[0], first.text
+        registry.set_alias(MODEL, "champion", versions[1])  # the alias moves before the record is rewritten
+        client.app.state.runtime.watcher.check()  # type: ignore[attr-defined]
+        ready = client.get("/readyz").json()
+        assert ready["champion_version"] == versions[0]  # what it had keeps serving, and says why
+        assert f"'champion' alias names version {versions[1]}" in ready["deployment_problem"]
         publish(versions[1])
         client.app.state.runtime.watcher.check()  # type: ignore[attr-defined]
+        assert client.get("/readyz").json()["deployment_problem"] is None
         second = client.post("/predict", json={"texts": ["Great phone."]})
         assert second.json()["model_version"] == versions[1]
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / MODEL).iterdir()) == [

@@ -366,7 +366,7 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
         return ReadyResponse(
             status="ready", champion_version=live.champion.version,
             challenger_version=live.challenger.version if live.challenger is not None else None,
-            challenger_share=record.challenger_share, shadow=record.shadow,
+            challenger_share=record.challenger_share, shadow=record.shadow, deployment_problem=watcher.problem,
         )
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,

@@ -263,6 +263,11 @@ class ReadyResponse(BaseModel):
     challenger_version: str | None
     challenger_share: float
     shadow: bool
+    deployment_problem: str | None = Field(
+        default=None,
+        description="why the current record is not what serves (a failed reload, a dropped challenger, a champion "
+        "alias that names another version than the record); the deployment above keeps serving meanwhile",
+    )
 
 
 class ErrorDetail(BaseModel):
