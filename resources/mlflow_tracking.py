@@ -16,6 +16,10 @@ from tl_platform.tracking.mlflow_tracker import (
 )
 
 
+class TrackingUnavailableError(RuntimeError):
+    """The tracking store could not be reached or was busy; the message names its URI."""
+
+
 class MlflowTracking(dg.ConfigurableResource):
     """Tracking URI and experiment; ``ui_base_url`` turns run ids into links in asset metadata."""
 
@@ -40,7 +44,13 @@ class MlflowTracking(dg.ConfigurableResource):
         except Exception as err:
             if not is_tracking_unavailable(err):
                 raise
-            raise dg.RetryRequested(max_retries=self.unavailable_retries, seconds_to_wait=self.unavailable_wait_s) from err
+            unreachable = TrackingUnavailableError(
+                f"the MLflow tracking store at {self.tracking_uri} could not be reached or was busy "
+                f"({type(err).__name__}: {str(err)[:300]}); the step is retried {self.unavailable_retries} times, "
+                f"{self.unavailable_wait_s:g} s apart"
+            )
+            unreachable.__cause__ = err
+            raise dg.RetryRequested(max_retries=self.unavailable_retries, seconds_to_wait=self.unavailable_wait_s) from unreachable
 
     @contextmanager
     def run_for_asset(self, context: dg.AssetExecutionContext) -> Iterator[MlflowRunTracker]:

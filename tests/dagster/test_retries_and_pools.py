@@ -63,6 +63,7 @@ def test_an_unreachable_tracking_server_is_retried_then_fails(
     assert [e.step_key for e in retries] == ["foundation_model", "foundation_model"]
     (failure,) = result.get_step_failure_events()
     assert failure.step_key == "foundation_model"
+    assert "the MLflow tracking store at http://127.0.0.1:9 could not be reached" in str(failure.event_specific_data.error)  # type: ignore[union-attr]
 
 
 def test_a_bad_config_is_not_retried(tiny_bert_dir: Path, tmp_path: Path) -> None:
