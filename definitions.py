@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import EXPERIMENT_ASSETS, MONITORING_ASSETS, PLANNING_ASSETS, SERVING_ASSETS, TRANSFER_ASSETS
+from assets import (
+    COMPARISON_ASSETS,
+    EXPERIMENT_ASSETS,
+    MONITORING_ASSETS,
+    PLANNING_ASSETS,
+    SERVING_ASSETS,
+    TRANSFER_ASSETS,
+)
 from assets.monitoring_partitions import MONITOR_PARTITIONS
 from resources import resources_for_environment
 from sensors import SENSORS, retrain_job
@@ -38,8 +45,10 @@ proposal_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    # The planning assets stay out of main_job: roi_curve needs a named owner of the monitoring loop.
-    assets=[*TRANSFER_ASSETS, *SERVING_ASSETS, *MONITORING_ASSETS, *EXPERIMENT_ASSETS, *PLANNING_ASSETS],
+    # The planning assets stay out of main_job: roi_curve needs a named owner of the monitoring loop, and
+    # plan_comparison trains two models (materialise it on request, or `tlp plan --compare`).
+    assets=[*TRANSFER_ASSETS, *SERVING_ASSETS, *MONITORING_ASSETS, *EXPERIMENT_ASSETS, *PLANNING_ASSETS,
+            *COMPARISON_ASSETS],
     jobs=[main_job, retrain_job, monitor_job, ab_start_job, ab_decision_job, plan_job, proposal_job],
     sensors=SENSORS,
     resources=resources_for_environment(),

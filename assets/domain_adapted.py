@@ -41,6 +41,11 @@ class DomainAdaptedConfig(dg.Config):
     learning_rate: float = 1e-4
     mlm_probability: float = 0.15
     max_length: int = 64
+    truncation: str = Field(
+        default="head",
+        description="texts longer than max_length: head keeps their first tokens; chunks trains on all of them in "
+        "windows of max_length tokens (tlp plan sets chunks where it sets head_tail for fine-tuning)",
+    )
     head_warmup_epochs: int = 3
     head_warmup_learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -72,7 +77,7 @@ class DomainAdaptedConfig(dg.Config):
             group_name="transfer",
             kinds={"pytorch", "mlflow"},
             deps=["foundation_model", "labelled_data"],
-            code_version="3",
+            code_version="4",  # 4: truncation (head or chunks) for long texts
         )
     ],
     pool="training",
@@ -192,6 +197,8 @@ def domain_adapted_model(
             "mlm_head_was_missing": result.mlm_head_was_missing,
             "head_warmup_epochs": result.head_warmup_epochs,
             "train_texts": result.train_texts,
+            "train_windows": result.train_windows,
+            "truncation": settings.truncation,
             "train_samples_per_second": result.train_samples_per_second,
             "mlm_loss": result.mlm_loss,
             **corpus_metadata(corpus),

@@ -79,7 +79,7 @@ class ExportedModelConfig(dg.Config):
     group_name="serving",
     kinds={"onnx", "mlflow"},
     deps=["task_model", "labelled_data"],
-    code_version="4",  # 4: per-token INT8, answers independent of the batch
+    code_version="5",  # 5: tokenises with the task bundle's truncation (head or head_tail)
     pool="training",  # its latency gate needs the cores to itself, as training does
     check_specs=export_gate_specs("exported_model"),
 )
@@ -144,7 +144,7 @@ def export_and_register(
     tracker.log_metrics(result.summary())
     provenance = capture_provenance(
         stage="exported", config=settings.to_json(), seeds={}, data_hashes=splits.hashes(),
-        parent_bundle=task.bundle_sha256, extra={"max_length": result.max_length},
+        parent_bundle=task.bundle_sha256, extra={"max_length": result.max_length, "truncation": result.truncation},
     )
     manifest = seal_bundle(directory, provenance)
     results = gate_results(result)
@@ -168,6 +168,8 @@ def export_and_register(
         "registered_version": version.version,
         "status": "candidate",
         "serving_precision": choice.precision,
+        "max_length": result.max_length,
+        "truncation": result.truncation,
         "int8_gate": int8_gate,
         "precision_reason": choice.reason,
         "gates": dg.MetadataValue.json(json.loads(json.dumps(result.gate_reports()))),

@@ -101,7 +101,7 @@ class RetrainedModelConfig(dg.Config):
     kinds={"pytorch", "mlflow"},
     partitions_def=MONITOR_PARTITIONS,
     deps=["feature_drift", "canary_accuracy", "labelled_data", "foundation_model"],
-    code_version="1",
+    code_version="2",  # 2: the live recipe's truncation (head or head_tail) in training and judging
     pool="training",
     check_specs=[
         dg.AssetCheckSpec(BEATS_LIVE_CHECK, asset="retrained_model", blocking=True,
@@ -160,9 +160,9 @@ def retrained_model(
         result.model.eval()
         report = ForgettingReport(
             candidate_fresh=result.test_report.accuracy,
-            live_fresh=classifier_accuracy(live_model, tokenizer, data.splits.test, settings.max_length),
-            candidate_previous=classifier_accuracy(result.model, tokenizer, previous.test, settings.max_length),
-            live_previous=classifier_accuracy(live_model, tokenizer, previous.test, settings.max_length),
+            live_fresh=classifier_accuracy(live_model, tokenizer, data.splits.test, settings.max_length, settings.truncation),
+            candidate_previous=classifier_accuracy(result.model, tokenizer, previous.test, settings.max_length, settings.truncation),
+            live_previous=classifier_accuracy(live_model, tokenizer, previous.test, settings.max_length, settings.truncation),
             fresh_examples=len(data.splits.test), previous_examples=len(previous.test),
             min_fresh_gain_points=retrain.min_fresh_gain_points, max_forgetting_points=retrain.max_forgetting_points,
         )
@@ -225,7 +225,7 @@ def retrained_model(
     kinds={"onnx", "mlflow"},
     partitions_def=MONITOR_PARTITIONS,
     deps=["retrained_model"],
-    code_version="1",
+    code_version="2",  # 2: exports with the task bundle's truncation
     pool="training",
     check_specs=export_gate_specs("candidate_model"),
 )

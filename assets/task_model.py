@@ -26,7 +26,7 @@ from tl_platform.evaluation.plots import plot_confusion_matrix
 from tl_platform.models.foundation import load_tokenizer
 from tl_platform.training.classifier import FineTuneResult, fine_tune_classifier
 from tl_platform.training.config import FineTuneConfig
-from tl_platform.training.long_text import count_tokens
+from tl_platform.training.long_text import MIN_HEAD_TAIL_LENGTH, count_tokens
 
 ACCURACY_CHECK = "eval_suite_accuracy"
 
@@ -43,6 +43,11 @@ class TaskModelConfig(dg.Config):
     warmup_ratio: float = 0.1
     early_stopping_patience: int = 2
     max_length: int = 64
+    truncation: str = Field(
+        default="head",
+        description="texts longer than max_length: head keeps their first tokens; head_tail a quarter from the start "
+        "and the rest from the end (max_length >= 32). Recorded in the bundle: export and serving cut the same way",
+    )
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
@@ -63,7 +68,7 @@ class TaskModelConfig(dg.Config):
     group_name="transfer",
     kinds={"pytorch", "mlflow"},
     deps=["domain_adapted_model", "foundation_model", "labelled_data"],
-    code_version="2",
+    code_version="3",  # 3: truncation (head or head_tail), recorded in the bundle
     pool="training",
     check_specs=[
         dg.AssetCheckSpec(
@@ -173,6 +178,7 @@ def task_model(
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
             "max_length": settings.max_length,
+            "truncation": settings.truncation,
             "test_texts_truncated_share": truncated,
             "history": dg.MetadataValue.json(history),
             "train_samples_per_second": result.train_samples_per_second,
@@ -214,10 +220,16 @@ def below_floor_message(
         tries.append("more in-domain text for domain adaptation (domain_adapted_model corpus_path)")
     else:
         tries.append("domain adaptation first (domain_adapted_model enabled: true)")
-    if truncated_share > 0:
+    if truncated_share > 0 and settings.truncation == "head":
         tries.append(
             f"a longer max_length ({truncated_share:.1%} of the test texts are longer than {settings.max_length} "
-            "tokens and lose their end; tlp plan measures the lengths and chooses one)"
+            "tokens and lose their end; tlp plan measures the lengths and chooses one), or truncation head_tail "
+            f"(keeps their end; max_length >= {MIN_HEAD_TAIL_LENGTH})"
+        )
+    elif truncated_share > 0:
+        tries.append(
+            f"a longer max_length ({truncated_share:.1%} of the test texts are longer than {settings.max_length} "
+            "tokens and lose their middle to head+tail truncation; tlp plan measures the lengths and chooses one)"
         )
     correct = round(accuracy * n)
     return (

@@ -15,7 +15,9 @@ def amazon_splits(seed: int = 0) -> DatasetSplits:
     return stratified_split(load_labelled_text(bundled_source("amazon")), SplitFractions(), seed)
 
 
-def build_tiny_task_bundle(tiny_bert_dir: Path, directory: Path, epochs: int = 2, seed: int = 0) -> Path:
+def build_tiny_task_bundle(
+    tiny_bert_dir: Path, directory: Path, epochs: int = 2, seed: int = 0, max_length: int = 64, truncation: str = "head"
+) -> Path:
     """Fine-tune the tiny BERT fully for a couple of epochs and seal it as a task bundle."""
     from transformers import AutoTokenizer
 
@@ -25,7 +27,9 @@ def build_tiny_task_bundle(tiny_bert_dir: Path, directory: Path, epochs: int = 2
 
     splits = amazon_splits()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    config = FineTuneConfig(method="full", epochs=epochs, learning_rate=3e-3, seed=seed)
+    config = FineTuneConfig(
+        method="full", epochs=epochs, learning_rate=3e-3, seed=seed, max_length=max_length, truncation=truncation  # type: ignore[arg-type]
+    )
     result = fine_tune_classifier(tiny_bert_dir, tokenizer, splits, config, directory.parent / f"{directory.name}-work", NullTracker())
     provenance = capture_provenance("task", config.to_json(), {"training": seed}, splits.hashes(), None)
     write_bundle(

@@ -197,7 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--far-threshold", type=float, default=1.4, help="relative domain distance counted as far")
     plan.add_argument("--max-texts", type=int, default=300, help="texts embedded per domain")
     plan.add_argument("--max-length", type=int, default=64, help="tokens per text for the embeddings")
+    plan.add_argument("--length-percentile", type=float, default=95.0,
+                      help="max_length holds this percentile of the texts' token lengths whole")
+    plan.add_argument("--min-max-length", type=int, default=64, help="the shortest max_length the plan chooses")
     plan.add_argument("--write", help="write the main job's run config here (.json or .yaml) for tlp run --config")
+    plan.add_argument("--compare", action="store_true",
+                      help="then train the recommended recipe and the runner-up on the same splits, side by side")
+    plan.add_argument("--compare-epochs", type=int, default=3, help="with --compare: maximum epochs of each")
+    plan.add_argument("--compare-latency-requests", type=int, default=100,
+                      help="with --compare: single-text predictions timed per candidate")
+    plan.add_argument("--compare-seed", type=int, default=42, help="with --compare: the training seed of both")
+    plan.add_argument("--experiment", default="tl_platform", help="with --compare: the MLflow experiment")
     plan.set_defaults(func=cmd_plan)
 
     report = sub.add_parser("report", help="the proposal: plan, cost comparison and ROI curve as one HTML page")

@@ -21,10 +21,11 @@ from tl_platform.orchestration import (
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Measure the data, walk the decision tree, print the plan; write the main job's run config with --write.
+    """Measure the data, walk the decision tree, print the plan; write the main job's run config with --write;
+    with --compare, train the recommended recipe and the runner-up side by side (``comparison_command``).
 
-    The plan chooses max_length from the texts' token lengths (PlanSettings' length defaults) and the run config
-    carries it to domain adaptation and fine-tuning."""
+    The plan chooses max_length from the texts' token lengths (--length-percentile, --min-max-length) and the
+    strategy for longer texts, and the run config carries both to domain adaptation and fine-tuning."""
     from tl_platform.data import DatasetSource, DataValidationError, LabelSchema, SplitFractions, stratified_split
     from tl_platform.data.bundled import bundled_source
     from tl_platform.data.loading import load_labelled_text
@@ -54,11 +55,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             source = bundled_source(args.domain)
         dataset = load_labelled_text(source)
         # the labelled_data asset's default split: domain adaptation trains on the texts of its train split
-        train = stratified_split(dataset, SplitFractions(), args.split_seed).train
+        splits = stratified_split(dataset, SplitFractions(), args.split_seed)
+        train = splits.train
         settings = PlanSettings(
             latency_sla_ms=args.latency_sla_ms, daily_requests=args.daily_requests,
             tasks_sharing_backbone=args.tasks, api_latency_ms=args.api_latency_ms,
             far_threshold=args.far_threshold, max_texts_per_domain=args.max_texts,
+            length_percentile=args.length_percentile, min_max_length=args.min_max_length,
         )
         spec = FoundationSource(args.foundation or DEFAULT_FOUNDATION_SOURCE)
         resolved = resolve_source(spec)
@@ -88,6 +91,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             return 1
         write_run_config(Path(args.write), payload["run_config"])
         print(f"tlp: wrote {args.write}; run it with `tlp run --config {args.write}`")
+    if args.compare:
+        from tl_platform.comparison_command import run_comparison
+
+        return run_comparison(args, plan, splits, Path(resolved), tokenizer)
     return 0
 
 

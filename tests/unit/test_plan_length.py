@@ -17,6 +17,7 @@ from tl_platform.economics.decision import PlanSettings, plan_transfer, run_conf
 from tl_platform.economics.documents import plan_document
 from tl_platform.economics.measurements import measure_token_lengths
 from tl_platform.economics.render import to_markdown
+from tl_platform.training.config import DomainAdaptationConfig, FineTuneConfig
 from tl_platform.training.long_text import (
     MINILM_L6,
     ForwardShape,
@@ -156,10 +157,11 @@ class TestThePlan:
         sla = self.plan(long, few_labels_per_class=5)
         assert (sla.length.max_length, sla.length.bound_by) == (240, "latency SLA")  # type: ignore[union-attr]
         payload = sla.to_json()
-        assert payload["run_config"]["ops"]["task_model"]["config"] == {"method": "lora", "max_length": 240}
+        assert payload["run_config"]["ops"]["task_model"]["config"] == {"method": "lora", "max_length": 240, "truncation": "head_tail"}
         assert payload["inputs"]["token_lengths"]["truncated_share"]["256"] == pytest.approx(1.0)
         assert payload["inputs"]["model_window"] == {"limit": 512, "hidden": 384, "intermediate": 1536, "layers": 6}
         assert len(payload["assumptions"]) == 9 and "not measured at plan time" in payload["assumptions"][7]
+        assert payload["assumptions"][8].startswith("long texts: p95 is 489 tokens, over the 240-token cap (latency SLA)")
         markdown = to_markdown(plan_document(payload))
         assert "#### Sequence length" in markdown and "max_length 240: p95 of 200 texts is 489 tokens" in markdown
         assert "| share of texts cut at | 64: 100.0%, 128: 100.0%, 256: 100.0%, 512: 0.0% |" in markdown
@@ -182,6 +184,68 @@ class TestThePlan:
     def test_bad_length_settings_name_the_field_and_range(self, fields: dict[str, object], message: str) -> None:
         with pytest.raises(ValueError, match=message):
             PlanSettings(**fields)  # type: ignore[arg-type]
+
+
+class TestTheStrategy:
+    """Head+tail when the measured percentile exceeds the cap (the model's window or the latency SLA's), else head:
+    in the choice, the run config of both training stages, and the assumptions."""
+
+    TEXTS, LABELS = TestThePlan.TEXTS, TestThePlan.LABELS
+
+    def plan(self, counts: dict[str, int], **settings: object):
+        return TestThePlan.plan(self, counts, few_labels_per_class=5, **settings)  # type: ignore[arg-type]
+
+    @staticmethod
+    def configs(plan) -> tuple[dict[str, object], dict[str, object]]:  # type: ignore[no-untyped-def]
+        ops = run_config_for(plan)["ops"]  # type: ignore[index]
+        return ops["domain_adapted_model"]["config"], ops["task_model"]["config"]
+
+    def test_texts_that_fit_keep_plain_truncation(self) -> None:
+        plan = self.plan({t: 10 + i % 20 for i, t in enumerate(self.TEXTS)})  # p95 29 tokens: the floor of 64
+        adaptation, task = self.configs(plan)
+        assert (task["truncation"], adaptation["truncation"]) == ("head", "head")
+        assert plan.assumptions[-1].startswith("long texts: the p95 length fits the window, so the 0.0% longer texts")
+
+    def test_a_percentile_under_the_cap_keeps_the_head_though_some_texts_are_longer(self) -> None:
+        # 190 texts of 100 tokens, 10 of 1000: p95 is 100, the window 112, 5% of the texts are cut
+        counts = {t: 100 if i < 190 else 1000 for i, t in enumerate(self.TEXTS)}
+        plan = self.plan(counts, latency_sla_ms=5000.0)
+        assert plan.length is not None and (plan.length.max_length, plan.length.bound_by) == (112, "percentile")
+        assert self.configs(plan)[1]["truncation"] == "head" and plan.length.truncation == "head"
+        assert "5.0% longer texts are cut to their first tokens (truncation: head)" in plan.assumptions[-1]
+
+    @pytest.mark.parametrize(
+        ("tokens", "sla_ms", "max_length", "bound_by"),
+        [(600, 5000.0, 512, "model limit"), (300, 500.0, 240, "latency SLA"), (100, 100.0, 48, "latency SLA")],
+    )
+    def test_a_percentile_over_the_cap_gets_head_tail_and_chunks(
+        self, tokens: int, sla_ms: float, max_length: int, bound_by: str
+    ) -> None:
+        plan = self.plan({t: tokens + i for i, t in enumerate(self.TEXTS)}, latency_sla_ms=sla_ms)
+        assert plan.length is not None and (plan.length.max_length, plan.length.bound_by) == (max_length, bound_by)
+        adaptation, task = self.configs(plan)
+        assert task == {"method": "lora", "max_length": max_length, "truncation": "head_tail"}
+        assert (adaptation["max_length"], adaptation["truncation"]) == (max_length, "chunks")
+        p95 = plan.length.percentile_tokens
+        assert plan.assumptions[-1].startswith(
+            f"long texts: p95 is {p95} tokens, over the {max_length}-token cap ({bound_by}): 100.0% of the texts are "
+            "longer, so fine-tuning, export and serving keep each one's head"
+        )
+        assert "(truncation: head_tail" in plan.assumptions[-1] and "(truncation: chunks)" in plan.assumptions[-1]
+        record = plan.to_json()["max_length"]
+        assert (record["truncation"], record["mlm_texts"]) == ("head_tail", "chunks")
+        assert "head+tail truncation" in record["explanation"]
+        # the run config is one the stages accept
+        FineTuneConfig(**task)  # type: ignore[arg-type]
+        DomainAdaptationConfig(**{k: v for k, v in adaptation.items() if k != "enabled"})  # type: ignore[arg-type]
+
+    def test_a_cap_too_short_for_head_and_tail_keeps_the_head_and_says_why(self) -> None:
+        plan = self.plan({t: 40 for t in self.TEXTS}, latency_sla_ms=1.0)  # no window meets 1 ms: the shortest, 8
+        assert plan.length is not None and (plan.length.max_length, plan.length.bound_by) == (8, "latency SLA")
+        assert self.configs(plan)[1]["truncation"] == "head"
+        assert "but a 8-token window is too short for head+tail (it needs 32)" in plan.assumptions[-1]
+        edge = choose(lengths_of(*[900] * 100), sla_ms=60.0)  # 32 tokens take 59 ms: exactly the minimum
+        assert (edge.max_length, edge.truncation) == (32, "head_tail")
 
 
 class TestHeadTail:
@@ -210,3 +274,37 @@ class TestHeadTail:
         assert encode_texts(tokenizer, [long], 18, "head")["input_ids"] == [[cls, *[good] * 16, sep]]
         with pytest.raises(ValueError, match=r"strategy must be one of \['head', 'head_tail'\], got 'middle'"):
             encode_texts(tokenizer, short, 16, "middle")  # type: ignore[arg-type]
+
+
+class TestThePlanCommand:
+    """`tlp plan --length-percentile --min-max-length`: the flags reach the plan, and its run config the stages."""
+
+    def test_the_flags_set_the_window_and_long_texts_get_head_tail(self, tiny_bert_dir: Path, tmp_path: Path) -> None:
+        import json
+
+        from tl_platform.cli import main
+
+        # the tiny BERT takes 128 positions; half of these texts run to about 200 tokens
+        rows = [(f"the blender {i} works and I love it", "pos") for i in range(60)]
+        rows += [(" ".join(["the blender broke"] * 60 + [str(i)]), "neg") for i in range(60)]
+        data = tmp_path / "reviews.csv"
+        data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+        base = ["plan", "--data", str(data), "--labels", "neg,pos", "--foundation", str(tiny_bert_dir), "--max-texts", "30"]
+        written = tmp_path / "short.json"
+        assert main([*base, "--length-percentile", "50", "--min-max-length", "16", "--write", str(written)]) == 0
+        ops = json.loads(written.read_text())["ops"]
+        assert ops["task_model"]["config"]["max_length"] == 16  # p50: a 10-token sentence, floored at 16
+        assert (ops["task_model"]["config"]["truncation"], ops["domain_adapted_model"]["config"]["truncation"]) == (
+            "head", "head")
+        long = tmp_path / "long.json"
+        assert main([*base, "--length-percentile", "99", "--write", str(long)]) == 0
+        ops = json.loads(long.read_text())["ops"]
+        assert ops["task_model"]["config"]["max_length"] == 128  # p99 is about 200 tokens: the model's limit
+        assert (ops["task_model"]["config"]["truncation"], ops["domain_adapted_model"]["config"]["truncation"]) == (
+            "head_tail", "chunks")
+
+    def test_a_bad_flag_names_the_setting(self, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        from tl_platform.cli import main
+
+        assert main(["plan", "--foundation", str(tiny_bert_dir), "--min-max-length", "4"]) == 1
+        assert "PlanSettings.min_max_length must be in [8, 8192], got 4" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from tests.serving_fixtures import ServingBundles, serving_bundles
 from tl_platform.export.runtime import OnnxClassifier, encode
 from tl_platform.serving.deployment import VariantSpec
 from tl_platform.serving.model import load_variant, pad_batch
+from tl_platform.training.long_text import encode_texts
 
 __all__ = ["serving_bundles"]  # the fixture, imported for pytest
 
@@ -87,6 +88,31 @@ def test_serving_tokenizer_gives_the_training_ids_on_any_text(
 _TOKENIZERS: dict[str, list[object]] = {}
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(
+        st.one_of(
+            st.text(min_size=0, max_size=400),
+            st.sampled_from(["[CLS] a [SEP] b " * 20, "[MASK]", "café naïve " * 40, "👍🏽 great " * 30, "\x00\t\r\n",
+                             "word " * 300, "ünïcödé" * 50]),
+        ),
+        min_size=1, max_size=4,
+    ),
+    max_length=st.sampled_from([32, 64]),
+)
+def test_head_tail_serving_gives_the_training_ids_on_any_text(
+    serving_bundles: ServingBundles, texts: list[str], max_length: int
+) -> None:
+    from tl_platform.serving.model import ServingTokenizer
+    from tl_platform.training.text_data import TokenizedTexts
+
+    for tokenizer in _TOKENIZERS.setdefault("loaded", _tokenizers_under_test(serving_bundles)):
+        expected = TokenizedTexts(tokenizer, texts, max_length, truncation="head_tail").input_ids  # type: ignore[arg-type]
+        served = ServingTokenizer(tokenizer, max_length, "head_tail")(texts)  # type: ignore[arg-type]
+        assert [list(t.input_ids) for t in served] == expected
+        assert all(t.length <= max_length for t in served)
+
+
 def test_a_tokenizer_without_a_rust_backend_goes_through_the_wrapper(serving_bundles: ServingBundles) -> None:
     from transformers import AutoTokenizer
 
@@ -100,7 +126,14 @@ def test_a_tokenizer_without_a_rust_backend_goes_through_the_wrapper(serving_bun
         def __call__(self, texts: list[str], **kwargs: object) -> object:
             return fast(texts, **kwargs)
 
+        def num_special_tokens_to_add(self, pair: bool = False) -> int:
+            return int(fast.num_special_tokens_to_add(pair=pair))
+
     texts = [*TEXTS, "word " * 40]
     served = ServingTokenizer(WrapperOnly(), 16)(texts)  # type: ignore[arg-type]
     assert [list(t.input_ids) for t in served] == fast(texts, truncation=True, max_length=16)["input_ids"]
     assert served[-1].length == 16
+    ends = [*texts, "good " * 20 + "bad " * 20]
+    head_tail = ServingTokenizer(WrapperOnly(), 16, "head_tail")(ends)  # type: ignore[arg-type]
+    assert [list(t.input_ids) for t in head_tail] == encode_texts(fast, ends, 16, "head_tail")["input_ids"]
+    assert fast.convert_tokens_to_ids("bad") in head_tail[-1].input_ids  # the end survives

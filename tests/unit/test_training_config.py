@@ -30,6 +30,10 @@ FINE_TUNE_ERRORS = [
     ({"lora_target_modules": ()}, "FineTuneConfig.lora_target_modules must name at least one module"),
     ({"gradient_accumulation_steps": 0}, "FineTuneConfig.gradient_accumulation_steps must be at least 1"),
     ({"mixed_precision": "fp8"}, "FineTuneConfig.mixed_precision must be 'no', 'fp16' or 'bf16', got 'fp8'"),
+    ({"truncation": "tail"}, r"FineTuneConfig.truncation must be one of \['head', 'head_tail'\], got 'tail'"),
+    ({"truncation": "head_tail", "max_length": 31},
+     (r"FineTuneConfig.truncation='head_tail' needs max_length >= 32 to hold a head and a tail, got 31; raise "
+     r"max_length or use truncation='head'")),
 ]
 
 
@@ -37,6 +41,13 @@ FINE_TUNE_ERRORS = [
 def test_fine_tune_config_names_bad_fields(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FineTuneConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_truncation_defaults_to_the_head_and_head_tail_starts_at_32_tokens() -> None:
+    assert (FineTuneConfig().truncation, DomainAdaptationConfig().truncation) == ("head", "head")
+    assert FineTuneConfig(truncation="head_tail", max_length=32).to_json()["truncation"] == "head_tail"
+    assert FineTuneConfig(truncation="head", max_length=8).max_length == 8  # the head needs no room for a tail
+    assert DomainAdaptationConfig(truncation="chunks", max_length=8).to_json()["truncation"] == "chunks"
 
 
 def test_full_fine_tuning_does_not_need_lora_targets() -> None:
@@ -50,6 +61,9 @@ DOMAIN_ERRORS = [
     ({"head_warmup_epochs": -1}, r"DomainAdaptationConfig.head_warmup_epochs must be in \[0, 100\], got -1"),
     ({"max_length": 100000}, r"DomainAdaptationConfig.max_length must be in \[8, 8192\], got 100000"),
     ({"warmup_ratio": -0.5}, r"DomainAdaptationConfig.warmup_ratio must be in \[0, 1\), got -0.5"),
+    ({"truncation": "windows"}, r"DomainAdaptationConfig.truncation must be one of \['head', 'chunks'\], got 'windows'$"),
+    ({"truncation": "head_tail"}, (r"DomainAdaptationConfig.truncation must be one of \['head', 'chunks'\], got "
+                                  r"'head_tail' \(head_tail is fine-tuning's; for MLM, chunks trains on the whole text\)")),
 ]
 
 

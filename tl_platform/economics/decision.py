@@ -19,7 +19,10 @@ Beside the recipe, the plan chooses ``max_length`` (``choose_max_length``) from 
 foundation's tokenizer measured them: the configured percentile rounded up to a multiple, no shorter than a
 floor, and capped by the model's limit and by the latency SLA (the FLOP model of ``training.long_text``). The run
 config sets it for the stages that cut text (domain adaptation and fine-tuning); export and serving read it
-from the task model's bundle.
+from the task model's bundle. So with the strategy for texts beyond it (``LengthChoice.truncation``): when the
+percentile's texts do not fit under the cap, fine-tuning keeps head and tail (``truncation: head_tail``, which the
+task bundle records and export and serving follow) and domain adaptation trains on the whole texts in windows
+(``truncation: chunks``); when they fit, both keep the head. The assumptions say which, and why.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from tl_platform.economics.measurements import (
 from tl_platform.economics.serving import ApiPricing, SelfHosting, serving_costs
 from tl_platform.training.long_text import (
     MAX_MAX_LENGTH,
+    MIN_HEAD_TAIL_LENGTH,
     MIN_MAX_LENGTH,
     REFERENCE_LATENCY_MS,
     REFERENCE_TOKENS,
@@ -336,11 +340,11 @@ def decide(inputs: PlanInputs, settings: PlanSettings) -> TransferPlan:
             floor=settings.min_max_length, latency_sla_ms=inputs.latency_sla_ms,
             reference_ms=settings.serving_latency_ms, reference_tokens=settings.serving_latency_tokens,
         )
-        assumptions += length_assumptions(settings)
+        assumptions += length_assumptions(settings, length)
     return TransferPlan(recommended, runner_up, tuple(reasons), assumptions, inputs, length)
 
 
-def length_assumptions(settings: PlanSettings) -> tuple[str, ...]:
+def length_assumptions(settings: PlanSettings, length: LengthChoice) -> tuple[str, ...]:
     return (
         (f"max_length: the p{settings.length_percentile:g} token length (the foundation's tokenizer, special tokens "
          f"included) rounded up to a multiple of {settings.length_multiple}, at least {settings.min_max_length}, "
@@ -349,9 +353,25 @@ def length_assumptions(settings: PlanSettings) -> tuple[str, ...]:
          "(MiniLM-L6, the README serving bench: INT8 ONNX, p99 at concurrency 8, 2-core CPU) scaled by forward "
          "FLOPs (linear plus the quadratic attention term): a documented model, not measured at plan time; it "
          "ignores the fixed cost of a request, so it overstates the growth and the cap errs short"),
-        ("texts beyond max_length are cut to their first tokens; head+tail truncation is in the library "
-         "(training/long_text.py) but not in training or serving"),
+        truncation_assumption(length),
     )
+
+
+def truncation_assumption(length: LengthChoice) -> str:
+    """Which strategy cuts the texts beyond max_length, and why: head+tail when the percentile exceeds the cap."""
+    over = (f"p{length.percentile:g} is {length.percentile_tokens} tokens, over the {length.max_length}-token cap "
+            f"({length.bound_by}): {length.truncated_share:.1%} of the texts are longer")
+    if length.truncation == "head_tail":
+        return (f"long texts: {over}, so fine-tuning, export and serving keep each one's head (a quarter of the "
+                "window) and tail (truncation: head_tail; bench/long_documents.py: as accurate as plain truncation "
+                "where the whole text carries the label, about 40 points better where only its end does), and "
+                "domain adaptation trains on all of their tokens in windows (truncation: chunks)")
+    if length.bound_by in ("model limit", "latency SLA"):
+        return (f"long texts: {over}, but a {length.max_length}-token window is too short for head+tail (it needs "
+                f"{MIN_HEAD_TAIL_LENGTH}): they are cut to their first tokens (truncation: head)")
+    return (f"long texts: the p{length.percentile:g} length fits the window, so the {length.truncated_share:.1%} "
+            "longer texts are cut to their first tokens (truncation: head); head+tail is chosen when the "
+            "percentile exceeds the model's or the latency SLA's cap")
 
 
 def measure_plan_inputs(
@@ -426,14 +446,19 @@ def configured_recipe(plan: TransferPlan) -> Recipe | None:
 
 def run_config_for(plan: TransferPlan) -> dict[str, Any] | None:
     """Dagster run config of the main job for ``configured_recipe``: whether domain adaptation runs, how the task
-    model is fine-tuned, and the chosen ``max_length`` of both (export and serving read it from the task bundle)."""
+    model is fine-tuned, and the chosen ``max_length`` and long-text strategy of both (export and serving read
+    them from the task bundle)."""
     recipe = configured_recipe(plan)
     if recipe is None:
         return None
-    length = {"max_length": plan.length.max_length} if plan.length else {}
+    adaptation: dict[str, Any] = {}
+    fine_tuning: dict[str, Any] = {}
+    if plan.length:
+        adaptation = {"max_length": plan.length.max_length, "truncation": plan.length.mlm_texts}
+        fine_tuning = {"max_length": plan.length.max_length, "truncation": plan.length.truncation}
     return {
         "ops": {
-            "domain_adapted_model": {"config": {"enabled": recipe.domain_adaptation, **length}},
-            "task_model": {"config": {"method": recipe.fine_tune_method, **length}},
+            "domain_adapted_model": {"config": {"enabled": recipe.domain_adaptation, **adaptation}},
+            "task_model": {"config": {"method": recipe.fine_tune_method, **fine_tuning}},
         }
     }

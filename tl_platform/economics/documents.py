@@ -192,3 +192,52 @@ def roi_document(roi: dict[str, Any]) -> list[Block]:
             )
         ),
     ]
+
+
+def _bytes(size: float) -> str:
+    for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= scale:
+            return f"{size / scale:.3g} {suffix}"
+    return f"{size:,.0f} B"
+
+
+def comparison_document(comparison: dict[str, Any]) -> list[Block]:
+    """Two candidates side by side (``PlanComparison.to_json``), with McNemar's test and the verdict."""
+    candidates = comparison["candidates"]
+    metrics = [c["metrics"] for c in candidates]
+    rows = (
+        ("test accuracy", "{:.4f}", "test_accuracy"),
+        ("test macro-F1", "{:.4f}", "test_macro_f1"),
+        ("calibration: ECE (lower is better)", "{:.4f}", "test_ece"),
+        ("training seconds", "{:.1f}", "train_seconds"),
+        ("of which domain adaptation", "{:.1f}", "domain_adaptation_seconds"),
+        ("epochs run", "{:.0f}", "epochs_run"),
+        ("trained parameters", "{:,.0f}", "trainable_parameters"),
+        ("latency, one request: median ms", "{:.2f}", "latency_p50_ms"),
+        ("latency, one request: p95 ms", "{:.2f}", "latency_p95_ms"),
+    )
+    table = [(label, *(form.format(m[key]) for m in metrics)) for label, form, key in rows]
+    table += [("model size (merged weights)", *(_bytes(m["model_bytes"]) for m in metrics)),
+              ("adapter size (what a task adds)", *(_bytes(m["adapter_bytes"]) for m in metrics))]
+    test, budget = comparison["mcnemar"], comparison["budget"]
+    return [
+        Heading("Plan comparison: the recommended recipe against the runner-up"),
+        Paragraph(comparison["verdict"]),
+        Table(("", *(f"{c['recipe']['label']} ({c['role']})" for c in candidates)), tuple(table)),
+        Bullets((
+            (f"McNemar ({'exact binomial' if test['exact'] else 'chi-squared, continuity-corrected'}) on "
+             f"{candidates[0]['test_examples']} test texts: b = {test['b']} (only the {candidates[0]['role']} right), "
+             f"c = {test['c']} (only the {candidates[1]['role']} right), p = {test['p_value']:.4g}"),
+            (f"same budget for both: up to {budget['epochs']} epoch(s) with early stopping, max_length "
+             f"{budget['max_length']}, batch {budget['batch_size']}, seed {budget['seed']}; the same train, "
+             "validation and test splits"),
+            (f"latency: {budget['latency_requests']} single-text predictions (tokenise and forward) of the merged "
+             "PyTorch model on CPU, the same texts for both; serving runs the exported ONNX model, faster"),
+            "adapter size: the saved LoRA adapter (and classifier head); for full fine-tuning, the whole model",
+            *((DOMAIN_ADAPTED_ADAPTER,) if any(c["recipe"]["domain_adaptation"] for c in candidates) else ()),
+        )),
+    ]
+
+
+DOMAIN_ADAPTED_ADAPTER = ("after domain adaptation a LoRA adapter needs the adapted backbone, not the shared foundation: "
+                          "count the model size once per adapted domain")

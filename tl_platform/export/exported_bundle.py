@@ -33,6 +33,7 @@ from tl_platform.export.onnx_export import DEFAULT_OPSET, export_onnx, logits_an
 from tl_platform.export.precision import PrecisionChoice, choose_precision
 from tl_platform.export.runtime import Encoded, OnnxClassifier, encode
 from tl_platform.monitoring.features import DEFAULT_COMPONENTS, EmbeddingProjection
+from tl_platform.training.long_text import TruncationStrategy, recorded_truncation
 from tl_platform.validation import require as _require
 
 FP32_FILE = "model_fp32.onnx"
@@ -125,6 +126,7 @@ class ExportResult:
     fp32_bytes: int
     int8_bytes: int
     max_length: int
+    truncation: TruncationStrategy = "head"  # the task bundle's, which every gate and serving.json use
 
     def gate_reports(self) -> dict[str, dict[str, object]]:
         """Every gate's numbers, as gates.json holds them and the asset's metadata shows them."""
@@ -173,6 +175,8 @@ class ExportResult:
 def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits, config: ExportConfig) -> ExportResult:
     """Fill ``directory`` (to be sealed by the caller) with the exported model and the reports of its gates.
 
+    Every gate tokenises as training did: ``max_length`` and ``truncation`` come from the task bundle's provenance
+    config, and ``serving.json`` passes both on to serving.
     INT8 is chosen on the validation split and judged on the test split (which must hold the rows the task
     bundle was scored on), and must answer every eval text alike alone and inside shuffled batches; when it
     fails any of these, FP32 serves (or, with ``require_int8``, the caller fails the export). Parity, batch
@@ -185,6 +189,7 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
     model, tokenizer, manifest = load_bundle(task_bundle, AutoModelForSequenceClassification, expected_stage="task")
     model.eval()
     max_length = int(manifest.provenance["config"]["max_length"])
+    truncation = recorded_truncation(manifest.provenance["config"], task_bundle)
     schema = LabelSchema.from_json(json.loads((task_bundle / "label_schema.json").read_text()))
     scored_on = read_split_jsonl(task_bundle / "eval_set.jsonl", schema)
     eval_suite, train_texts = splits.eval_suite(), list(splits.train.texts)
@@ -210,14 +215,14 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
     fp32 = OnnxClassifier(fp32_path, intra_op_threads=config.latency_threads)
     int8 = OnnxClassifier(int8_path, intra_op_threads=config.latency_threads)
     texts = list(eval_suite.texts)
-    reference, _ = batched_outputs(torch_runner(model), tokenizer, texts, max_length)
-    fp32_logits, fp32_embeddings = batched_outputs(fp32.run, tokenizer, texts, max_length)
+    reference, _ = batched_outputs(torch_runner(model), tokenizer, texts, max_length, truncation=truncation)
+    fp32_logits, fp32_embeddings = batched_outputs(fp32.run, tokenizer, texts, max_length, truncation=truncation)
     parity = check_parity(reference, fp32_logits, config.parity_tolerance)
     # The agreement gate judges one text at a time, the answer a text gets on its own; the batch-independence
     # gate then requires that answer inside any batch (a graph quantised per batch tensor fails it).
     # Length-ordered batches of 32 against FP32 are measured and reported.
-    fp32_single, _ = batched_outputs(fp32.run, tokenizer, texts, max_length, batch_size=1)
-    int8_single, _ = batched_outputs(int8.run, tokenizer, texts, max_length, batch_size=1)
+    fp32_single, _ = batched_outputs(fp32.run, tokenizer, texts, max_length, batch_size=1, truncation=truncation)
+    int8_single, _ = batched_outputs(int8.run, tokenizer, texts, max_length, batch_size=1, truncation=truncation)
     labels = np.asarray(eval_suite.labels)
     # eval_suite() holds the validation rows first, then the test rows
     chosen_on, judged_on = slice(0, len(splits.validation)), slice(len(splits.validation), len(texts))
@@ -231,19 +236,20 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
     quantisation_validation, quantisation = int8_gate(chosen_on), int8_gate(judged_on)
     independence = {
         name: check_batch_independence(
-            graph.run, tokenizer, texts, max_length, name, config.batch_independence_tolerance, alone_logits=alone
+            graph.run, tokenizer, texts, max_length, name, config.batch_independence_tolerance, alone_logits=alone,
+            truncation=truncation,
         )
         for name, graph, alone in (("int8", int8, int8_single), ("fp32", fp32, fp32_single))
     }
     choice = choose_precision(quantisation_validation, quantisation, config.require_int8, independence["int8"])
-    int8_batched, int8_embeddings = batched_outputs(int8.run, tokenizer, texts, max_length)
+    int8_batched, int8_embeddings = batched_outputs(int8.run, tokenizer, texts, max_length, truncation=truncation)
     quantisation_batched = check_quantisation(
         fp32_logits, int8_batched, eval_suite.labels, config.min_int8_agreement, config.max_int8_accuracy_drop_points
     )
     served = int8 if choice.precision == "int8" else fp32
     with torch.inference_mode():
         latency = measure_latency(
-            lambda text: served.run(encode(tokenizer, [text], max_length)),
+            lambda text: served.run(encode(tokenizer, [text], max_length, truncation)),
             texts,
             budget_p99_ms=config.latency_budget_p99_ms,
             threads=config.latency_threads,
@@ -251,7 +257,7 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
             precision=choice.precision,
         )
 
-    _, train_embeddings = batched_outputs(fp32.run, tokenizer, list(train_texts), max_length)
+    _, train_embeddings = batched_outputs(fp32.run, tokenizer, list(train_texts), max_length, truncation=truncation)
     projection = EmbeddingProjection.fit(train_embeddings, config.projection_components)
     (directory / "projection.json").write_text(json.dumps(projection.to_json()))
     # the served graph's answers on held-out text: what unshifted traffic should look like to monitoring
@@ -259,10 +265,12 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
         (int8_batched, int8_embeddings) if choice.precision == "int8" else (fp32_logits, fp32_embeddings)
     )
     write_reference(
-        directory, tokenizer, train_texts, max_length, served_logits, served_embeddings, schema.labels, projection
+        directory, tokenizer, train_texts, max_length, served_logits, served_embeddings, schema.labels, projection,
+        truncation=truncation,
     )
     serving = {
         "max_length": max_length,
+        "truncation": truncation,  # how training cut long texts; serving cuts them the same way
         "fp32": FP32_FILE,
         "int8": INT8_FILE,  # kept when INT8 failed: the evidence of the gate, and loadable by older servers
         "precision": choice.precision,  # what the deployment serves by default; int8 only where it passed
@@ -285,6 +293,7 @@ def export_task_bundle(task_bundle: Path, directory: Path, splits: DatasetSplits
         fp32_bytes=fp32_path.stat().st_size,
         int8_bytes=int8_path.stat().st_size,
         max_length=max_length,
+        truncation=truncation,
     )
     (directory / "reports").mkdir(exist_ok=True)
     (directory / "reports" / "gates.json").write_text(json.dumps(result.gate_reports(), indent=2))

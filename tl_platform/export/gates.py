@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tl_platform.export.runtime import Encoded, encode
+from tl_platform.training.long_text import TruncationStrategy
 
 
 @dataclass(frozen=True)
@@ -125,15 +126,17 @@ BATCH_INDEPENDENCE_TOLERANCE = 1e-4  # probabilities; FP32 and per-token INT8 mo
 
 
 def batched_outputs(
-    run: RunBatch, tokenizer: object, texts: Sequence[str], max_length: int, batch_size: int = 32
+    run: RunBatch, tokenizer: object, texts: Sequence[str], max_length: int, batch_size: int = 32,
+    truncation: TruncationStrategy = "head",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and embeddings for every text, batched in length order (little padding), returned in input order."""
+    """Logits and embeddings for every text, batched in length order (little padding), returned in input order;
+    texts cut to ``max_length`` by ``truncation``, as training cut them."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     logits: list[np.ndarray] = []
     embeddings: list[np.ndarray] = []
     for start in range(0, len(order), batch_size):
         chunk = [texts[i] for i in order[start : start + batch_size]]
-        out_logits, out_embedding = run(encode(tokenizer, chunk, max_length))  # type: ignore[arg-type]
+        out_logits, out_embedding = run(encode(tokenizer, chunk, max_length, truncation))  # type: ignore[arg-type]
         logits.append(out_logits)
         embeddings.append(out_embedding)
     inverse = np.empty_like(order)
@@ -156,6 +159,7 @@ def check_batch_independence(
     batch_sizes: Sequence[int] = BATCH_INDEPENDENCE_SIZES,
     alone_logits: np.ndarray | None = None,
     seed: int = 0,
+    truncation: TruncationStrategy = "head",
 ) -> BatchIndependenceReport:
     """Score every text alone and inside shuffled batches of each size; report the texts whose answer changed.
 
@@ -164,7 +168,7 @@ def check_batch_independence(
     if not texts:
         raise ValueError("batch independence needs at least one text")
     if alone_logits is None:
-        alone_logits, _ = batched_outputs(run, tokenizer, texts, max_length, batch_size=1)
+        alone_logits, _ = batched_outputs(run, tokenizer, texts, max_length, batch_size=1, truncation=truncation)
     if alone_logits.shape[0] != len(texts):
         raise ValueError(f"alone_logits has {alone_logits.shape[0]} rows for {len(texts)} texts")
     alone = softmax(alone_logits)
@@ -175,7 +179,7 @@ def check_batch_independence(
         order = rng.permutation(len(texts))  # companions of every length: each text's padding differs from alone
         for start in range(0, len(order), size):
             rows = order[start : start + size]
-            logits, _ = run(encode(tokenizer, [texts[i] for i in rows], max_length))  # type: ignore[arg-type]
+            logits, _ = run(encode(tokenizer, [texts[i] for i in rows], max_length, truncation))  # type: ignore[arg-type]
             probabilities = softmax(logits)
             moved[rows] = np.maximum(moved[rows], np.abs(probabilities - alone[rows]).max(axis=1))
             relabelled[rows] |= probabilities.argmax(axis=1) != alone[rows].argmax(axis=1)

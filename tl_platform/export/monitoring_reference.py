@@ -21,6 +21,7 @@ from tl_platform.monitoring.features import EmbeddingProjection
 from tl_platform.monitoring.reference import ReferenceConfig, ReferenceProfile, build_reference
 from tl_platform.serving.config import DEFAULT_MAX_TEXT_CHARS
 from tl_platform.serving.model import ServingTokenizer, softmax
+from tl_platform.training.long_text import TruncationStrategy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -29,11 +30,12 @@ REFERENCE_DIR = "reference"
 
 
 def input_feature_frame(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    truncation: TruncationStrategy = "head",
 ) -> pd.DataFrame:
     """text_chars, token_count, unknown_share and truncated of each text, as the serving tokenizer logs them."""
     cut = [text[:max_text_chars] for text in texts]
-    tokens = ServingTokenizer(tokenizer, max_length)(cut)
+    tokens = ServingTokenizer(tokenizer, max_length, truncation)(cut)
     return pd.DataFrame(
         {
             "text_chars": [token.chars for token in tokens],
@@ -76,10 +78,12 @@ def write_reference(
     labels: Sequence[str],
     projection: EmbeddingProjection,
     config: ReferenceConfig | None = None,
+    truncation: TruncationStrategy = "head",
 ) -> ReferenceProfile:
-    """Build the reference profile and save it under ``directory / REFERENCE_DIR``."""
+    """Build the reference profile and save it under ``directory / REFERENCE_DIR``; input features from the text
+    cut as the model serves it (``truncation``)."""
     profile = build_reference(
-        input_feature_frame(tokenizer, train_texts, max_length),
+        input_feature_frame(tokenizer, train_texts, max_length, truncation=truncation),
         model_feature_frame(eval_logits, eval_embeddings, labels, projection),
         config or ReferenceConfig(),
     )

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tl_platform.training.long_text import TruncationStrategy, encode_texts
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -23,14 +25,36 @@ class Encoded:
     lengths: np.ndarray  # per text: tokens, special tokens included
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> Encoded:
-    """Tokenise exactly as training does (same tokenizer files, truncation at ``max_length``)."""
-    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    ids = batch["input_ids"].astype(np.int64)
-    mask = batch["attention_mask"].astype(np.int64)
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, truncation: TruncationStrategy = "head"
+) -> Encoded:
+    """Tokenise exactly as training does: the same tokenizer files, cut to ``max_length`` by the same strategy
+    (``training.long_text.encode_texts``; the task bundle records which), padded to the longest text."""
+    if truncation == "head":
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        ids = batch["input_ids"].astype(np.int64)
+        mask = batch["attention_mask"].astype(np.int64)
+    else:
+        cut = encode_texts(tokenizer, texts, max_length, truncation)["input_ids"]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids, mask = pad_ids(cut, int(pad_id), str(getattr(tokenizer, "padding_side", "right")))
     lengths = mask.sum(axis=1)
     unknown = ((ids == tokenizer.unk_token_id) & (mask == 1)).sum(axis=1) / np.maximum(lengths, 1)
     return Encoded(ids, mask, unknown.astype(np.float64), lengths)
+
+
+def pad_ids(token_ids: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) of sequences padded to the longest, as the tokenizer pads them."""
+    if not token_ids:
+        raise ValueError("padding needs at least one sequence")
+    width = max(len(ids) for ids in token_ids)
+    input_ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(token_ids), width), dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        input_ids[row, span] = ids
+        mask[row, span] = 1
+    return input_ids, mask
 
 
 class OnnxClassifier:

@@ -1,7 +1,8 @@
 """A deployed model as the server sees it: the training tokenizer, an inference runner, labels and projection.
 
 Preprocessing is the training tokenizer itself (the exported bundle's ``tokenizer/`` is the task bundle's, byte
-for byte), called with the same truncation as ``TokenizedTexts``. Texts are tokenised once, per text, so the
+for byte), cut to ``max_length`` by the strategy training used (``serving.json``'s ``truncation``: ``head`` or
+``head_tail``, see ``training.long_text``), as ``TokenizedTexts`` cuts it. Texts are tokenised once, per text, so the
 batcher can group them by length; ``pad_batch`` then pads a group exactly as ``export.runtime.encode`` does.
 """
 
@@ -17,10 +18,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from tl_platform.checkpoints.bundle import BundleError, verify_bundle
-from tl_platform.export.runtime import Encoded, OnnxClassifier
+from tl_platform.export.runtime import Encoded, OnnxClassifier, pad_ids
 from tl_platform.monitoring.features import EmbeddingProjection
 from tl_platform.serving.deployment import VariantSpec
 from tl_platform.serving.log_schema import PROJECTION_COLUMNS
+from tl_platform.training.long_text import (
+    TRUNCATION_STRATEGIES,
+    TruncationStrategy,
+    encode_texts,
+    head_tail_between_specials,
+    recorded_truncation,
+    require_head_tail_window,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -62,10 +71,15 @@ class ServingModel(Protocol):
 ModelLoader = Callable[[VariantSpec, int], ServingModel]  # (spec, intra_op_threads) -> model
 
 
-def tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[TokenizedText]:
-    """Token ids exactly as training produces them (``tokenizer(texts, truncation=True, max_length=...)``)."""
-    batch = tokenizer(list(texts), truncation=True, max_length=max_length)
-    return _with_features(texts, batch["input_ids"], tokenizer.unk_token_id)
+def tokenize_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, truncation: TruncationStrategy = "head"
+) -> list[TokenizedText]:
+    """Token ids exactly as training produces them (``long_text.encode_texts``, as ``TokenizedTexts`` calls it)."""
+    if truncation == "head":  # the wrapper's own truncation: what encode_texts calls for "head", and slow wrappers offer
+        ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    else:
+        ids = encode_texts(tokenizer, texts, max_length, truncation)["input_ids"]
+    return _with_features(texts, ids, tokenizer.unk_token_id)
 
 
 CHARS_PER_TOKEN_BOUND = 16  # natural text averages 4 to 6 characters a token; 16 leaves a wide margin
@@ -109,14 +123,26 @@ class ServingTokenizer:
     cut text still fills ``max_length`` its ids are those of the whole text; when it does not (a text of very
     long words or runs of whitespace), the whole text is tokenised. Left truncation keeps the end of a text and
     is never cut. ``chars`` stays the whole text's length.
+
+    With ``truncation="head_tail"`` the backend tokenises each text whole (no truncation, no character cut: the
+    tail is needed too; request texts are bounded by ``ServingConfig.max_text_chars``) and keeps the head and
+    tail of the content between its special tokens, as ``long_text.encode_texts`` does in training.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: TruncationStrategy = "head"
+    ) -> None:
         from tokenizers import Tokenizer
 
+        if truncation not in TRUNCATION_STRATEGIES:
+            raise ValueError(f"truncation must be one of {list(TRUNCATION_STRATEGIES)}, got {truncation!r}")
         self.max_length = max_length
+        self.truncation: TruncationStrategy = truncation
         side = str(getattr(tokenizer, "truncation_side", "right"))
-        self.max_chars: int | None = max_length * CHARS_PER_TOKEN_BOUND if side == "right" else None
+        cuts_prefix = side == "right" and truncation == "head"
+        self.max_chars: int | None = max_length * CHARS_PER_TOKEN_BOUND if cuts_prefix else None
+        if truncation == "head_tail":
+            require_head_tail_window(tokenizer, max_length)
         self._wrapper = tokenizer
         self._unk_id = tokenizer.unk_token_id
         self._lock = threading.Lock()
@@ -125,7 +151,10 @@ class ServingTokenizer:
         if backend is not None:
             own = Tokenizer.from_str(backend.to_str())
             own.no_padding()
-            own.enable_truncation(max_length, direction=str(getattr(tokenizer, "truncation_side", "right")))
+            if truncation == "head":
+                own.enable_truncation(max_length, direction=str(getattr(tokenizer, "truncation_side", "right")))
+            else:
+                own.no_truncation()
             self._backend = own
 
     def __call__(self, texts: Sequence[str]) -> list[TokenizedText]:
@@ -144,22 +173,19 @@ class ServingTokenizer:
     def _ids(self, texts: Sequence[str]) -> list[TokenizedText]:
         if self._backend is None:
             with self._lock:
-                return tokenize_texts(self._wrapper, texts, self.max_length)
+                return tokenize_texts(self._wrapper, texts, self.max_length, self.truncation)
         encodings = self._backend.encode_batch(list(texts), add_special_tokens=True)
-        return _with_features(texts, [e.ids for e in encodings], self._unk_id)
+        if self.truncation == "head":
+            return _with_features(texts, [e.ids for e in encodings], self._unk_id)
+        cut = [head_tail_between_specials(e.ids, e.special_tokens_mask, self.max_length) for e in encodings]
+        return _with_features(texts, cut, self._unk_id)
 
 
 def pad_batch(token_ids: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> Encoded:
     """Pad to the longest sequence of the batch; the same arrays ``export.runtime.encode`` builds."""
     if not token_ids:
         raise ValueError("pad_batch needs at least one sequence")
-    width = max(len(ids) for ids in token_ids)
-    input_ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(token_ids), width), dtype=np.int64)
-    for row, ids in enumerate(token_ids):
-        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
-        input_ids[row, span] = ids
-        mask[row, span] = 1
+    input_ids, mask = pad_ids(token_ids, pad_id, padding_side)
     lengths = mask.sum(axis=1)
     return Encoded(input_ids, mask, np.zeros(len(token_ids), dtype=np.float64), lengths)
 
@@ -181,6 +207,10 @@ class BundleModel:
         self.precision = precision
         self.bundle = bundle
         self.max_length = int(serving["max_length"])
+        try:  # a bundle exported before the field was trained with plain truncation
+            self.truncation = recorded_truncation(serving, bundle / "serving.json")
+        except ValueError as err:
+            raise BundleError(str(err)) from err
         self.labels = tuple(str(label) for label in serving["labels"])
         self.label_names = tuple(str(name) for name in serving.get("label_names", serving["labels"]))
         self.projection = EmbeddingProjection.from_json(json.loads((bundle / "projection.json").read_text()))
@@ -191,7 +221,7 @@ class BundleModel:
                 f"{PROJECTION_COLUMNS} (re-export with ExportConfig.projection_components <= {PROJECTION_COLUMNS})"
             )
         self._runner = runner
-        self._tokenizer = ServingTokenizer(tokenizer, self.max_length)
+        self._tokenizer = ServingTokenizer(tokenizer, self.max_length, self.truncation)
         self._pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self._padding_side = str(getattr(tokenizer, "padding_side", "right"))
 

@@ -186,7 +186,7 @@ def fine_tune_classifier(
     optimizer = torch.optim.AdamW(param_groups, lr=config.base_learning_rate)
 
     datasets = {
-        name: TokenizedTexts(tokenizer, split.texts, config.max_length, split.labels)
+        name: TokenizedTexts(tokenizer, split.texts, config.max_length, split.labels, config.truncation)
         for name, split in splits.by_name().items()
     }
     effective_batch = config.batch_size * config.gradient_accumulation_steps

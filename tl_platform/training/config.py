@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from tl_platform.training.long_text import (
+    MIN_HEAD_TAIL_LENGTH,
+    MLM_TEXT_STRATEGIES,
+    TRUNCATION_STRATEGIES,
+    MlmTextStrategy,
+    TruncationStrategy,
+)
 from tl_platform.validation import require as _require
 
 FineTuneMethod = Literal["lora", "full"]
@@ -27,6 +34,9 @@ class FineTuneConfig:
         warmup_ratio: share of the optimiser steps spent in linear warm-up.
         early_stopping_patience: epochs without a lower validation loss before training stops.
         max_length: tokens per example after truncation.
+        truncation: how a text longer than ``max_length`` is cut: ``head`` keeps its first tokens (the default);
+            ``head_tail`` keeps a quarter of the window from its start and the rest from its end (needs max_length
+            >= 32; see ``long_text``). The task bundle records it, and export and serving cut text the same way.
         lora_r / lora_alpha / lora_dropout / lora_target_modules: the LoRA adapters (method=lora).
         gradient_accumulation_steps: micro-batches summed into one optimiser step.
         mixed_precision: ``fp16`` or ``bf16`` on a GPU; ``no`` on CPU.
@@ -42,6 +52,7 @@ class FineTuneConfig:
     warmup_ratio: float = 0.1
     early_stopping_patience: int = 2
     max_length: int = 64
+    truncation: TruncationStrategy = "head"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
@@ -64,6 +75,15 @@ class FineTuneConfig:
             f"FineTuneConfig.early_stopping_patience must be at least 1, got {self.early_stopping_patience}",
         )
         _require(8 <= self.max_length <= 8192, f"FineTuneConfig.max_length must be in [8, 8192], got {self.max_length}")
+        _require(
+            self.truncation in TRUNCATION_STRATEGIES,
+            f"FineTuneConfig.truncation must be one of {list(TRUNCATION_STRATEGIES)}, got {self.truncation!r}",
+        )
+        _require(
+            self.truncation != "head_tail" or self.max_length >= MIN_HEAD_TAIL_LENGTH,
+            f"FineTuneConfig.truncation='head_tail' needs max_length >= {MIN_HEAD_TAIL_LENGTH} to hold a head and a "
+            f"tail, got {self.max_length}; raise max_length or use truncation='head'",
+        )
         _require(1 <= self.lora_r <= 1024, f"FineTuneConfig.lora_r must be in [1, 1024], got {self.lora_r}")
         _require(self.lora_alpha >= 1, f"FineTuneConfig.lora_alpha must be at least 1, got {self.lora_alpha}")
         _require(0 <= self.lora_dropout < 1, f"FineTuneConfig.lora_dropout must be in [0, 1), got {self.lora_dropout}")
@@ -103,7 +123,11 @@ class DomainAdaptationConfig:
         batch_size: texts per optimiser step.
         learning_rate: peak AdamW rate of the encoder and MLM head.
         mlm_probability: share of tokens masked (BERT's 15% by default).
-        max_length: tokens per text after truncation.
+        max_length: tokens per training window.
+        truncation: what happens to a text longer than ``max_length``: ``head`` keeps its first tokens (the
+            default); ``chunks`` trains on all of it, in consecutive windows of ``max_length`` tokens (more
+            windows, more compute). Head+tail is a fine-tuning setting: the MLM objective needs no label-bearing end,
+            and joining a text's two ends would teach a seam no real text has.
         head_warmup_epochs: when the checkpoint has no MLM head (sentence-embedding models ship none), the
             head is first fitted with the encoder frozen for this many epochs, so that "perplexity before"
             measures the foundation encoder and not a random head. Ignored when the head was in the checkpoint.
@@ -118,6 +142,7 @@ class DomainAdaptationConfig:
     learning_rate: float = 1e-4
     mlm_probability: float = 0.15
     max_length: int = 64
+    truncation: MlmTextStrategy = "head"
     head_warmup_epochs: int = 3
     head_warmup_learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -133,6 +158,11 @@ class DomainAdaptationConfig:
             f"DomainAdaptationConfig.mlm_probability must be in (0, 1), got {self.mlm_probability}",
         )
         _require(8 <= self.max_length <= 8192, f"DomainAdaptationConfig.max_length must be in [8, 8192], got {self.max_length}")
+        hint = " (head_tail is fine-tuning's; for MLM, chunks trains on the whole text)" if self.truncation == "head_tail" else ""
+        _require(
+            self.truncation in MLM_TEXT_STRATEGIES,
+            f"DomainAdaptationConfig.truncation must be one of {list(MLM_TEXT_STRATEGIES)}, got {self.truncation!r}{hint}",
+        )
         _require(
             0 <= self.head_warmup_epochs <= 100,
             f"DomainAdaptationConfig.head_warmup_epochs must be in [0, 100], got {self.head_warmup_epochs}",

@@ -5,6 +5,10 @@ same replacements), so the two numbers differ only by the model. Sentence-embedd
 all-MiniLM-L6-v2 ship without an MLM head; the head is then fitted first with the encoder frozen, so that
 "before" measures what the foundation encoder knows rather than a random head.
 
+Long texts: ``DomainAdaptationConfig.truncation`` keeps each text's first ``max_length`` tokens (``head``) or
+trains on every token in consecutive windows (``chunks``); the held-out text is cut the same way, so perplexity
+is measured on the kind of window training sees. ``train_texts`` in the result counts texts, not windows.
+
 The MLM loss, in training and in every perplexity, scores the masked positions only (``mlm_loss``): the same
 number as the model's own full-vocabulary loss, for a fraction of the head's work. A model for which that
 cannot be shown on the held-out text's first batch keeps its own forward; the result says which path ran.
@@ -48,6 +52,7 @@ class DomainAdaptationResult:
     train_seconds: float
     train_samples_per_second: float
     mlm_loss: MlmLoss = "masked_only"
+    train_windows: int = 0  # MLM sequences trained on: train_texts with truncation "head", more with "chunks"
 
     @property
     def perplexity_fell(self) -> bool:
@@ -59,6 +64,7 @@ class DomainAdaptationResult:
             "perplexity_after": self.perplexity_after,
             "perplexity_ratio": self.perplexity_after / self.perplexity_before,
             "train_texts": float(self.train_texts),
+            "train_windows": float(self.train_windows),
             "heldout_texts": float(self.heldout_texts),
             "heldout_masked_tokens": float(self.heldout_masked_tokens),
             "train_seconds": self.train_seconds,
@@ -82,7 +88,7 @@ class FixedMaskedBatches:
         # The collator's own ``seed`` refuses to run outside the main process (Dagster runs steps in child
         # processes), so its masking is given a seeded generator directly.
         collator.generator = torch.Generator().manual_seed(config.seed)
-        dataset = TokenizedTexts(tokenizer, texts, config.max_length)
+        dataset = mlm_texts(tokenizer, texts, config)
         self.batches: list[dict[str, torch.Tensor]] = [
             collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             for start in range(0, len(dataset), batch_size)
@@ -140,7 +146,7 @@ def adapt_to_domain(
     head_missing = any(not key.startswith(base_prefix) for key in loading["missing_keys"])
     heldout = FixedMaskedBatches(tokenizer, heldout_texts, config)
     how = resolve_mlm_loss(mlm, heldout.batches[0], loss)
-    train_set = TokenizedTexts(tokenizer, train_texts, config.max_length)
+    train_set = mlm_texts(tokenizer, train_texts, config)
 
     warmup_epochs = config.head_warmup_epochs if head_missing else 0
     if warmup_epochs:
@@ -177,7 +183,16 @@ def adapt_to_domain(
         train_seconds=train_seconds,
         train_samples_per_second=float(metrics["train_samples_per_second"]),
         mlm_loss=how,
+        train_windows=len(train_set),
     )
+
+
+def mlm_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], config: DomainAdaptationConfig) -> TokenizedTexts:
+    """The MLM windows of ``texts``: each text's first ``max_length`` tokens (``head``), or all of its tokens in
+    consecutive windows (``chunks``; see ``DomainAdaptationConfig.truncation``)."""
+    if config.truncation == "chunks":
+        return TokenizedTexts.chunked(tokenizer, texts, config.max_length)
+    return TokenizedTexts(tokenizer, texts, config.max_length)
 
 
 def set_base_trainable(model: PreTrainedModel, trainable: bool) -> None:

@@ -20,24 +20,32 @@ fixed cost of a request, so it overstates how fast latency grows: MiniLM-L6 in P
 under load, one text, median of 15) measured 20 / 26 / 35 / 37 / 74 / 156 ms at 16 / 32 / 64 / 128 / 256 / 512
 tokens, 4.5x from 64 to 512 tokens where the FLOPs grow 9.5x. The cap it gives errs on the short, safe side.
 
-Head+tail truncation. Plain truncation (the tokenizer's ``truncation=True``, what every stage does) keeps a
-text's first ``max_length`` tokens. Head+tail keeps its first ``head`` content tokens and its last ``max_length -
-specials - head``: reviews, tickets and reports often state their verdict at the end, which plain truncation
-drops. Sun et al. (2019, "How to Fine-Tune BERT for Text Classification?") found head 128 + tail 382 the best
-of their truncations for 510-token IMDb reviews; ``DEFAULT_HEAD_SHARE = 0.25`` keeps that proportion at any
-window. A text that fits is encoded exactly as plain truncation encodes it. ``bench/long_documents.py``
+Head+tail truncation. Plain truncation (the tokenizer's ``truncation=True``, ``"head"``) keeps a text's first
+``max_length`` tokens. Head+tail (``"head_tail"``) keeps its first ``head`` content tokens and its last
+``max_length - specials - head``: reviews, tickets and reports often state their verdict at the end, which plain
+truncation drops. Sun et al. (2019, "How to Fine-Tune BERT for Text Classification?") found head 128 + tail 382
+the best of their truncations for 510-token IMDb reviews; ``DEFAULT_HEAD_SHARE = 0.25`` keeps that proportion at
+any window. A text that fits is encoded exactly as plain truncation encodes it. ``bench/long_documents.py``
 compares the two on long documents built from the bundled reviews (LoRA, 3 epochs, 240 documents of about 210
 tokens): where every review carries the label they tie (0.950 plain / 0.975 head+tail at 64 tokens, 0.992 /
 0.983 at 128); where only the last 40 words do, plain truncation is at chance (0.475, 0.454) and head+tail
-reaches 0.892 and 0.942. Training (``text_data.TokenizedTexts``),
-the export gates and serving (``serving.model.ServingTokenizer``) all truncate plainly: a model trained with
-head+tail must be served with head+tail, so switching means changing them together.
+reaches 0.892 and 0.942. The configs accept head+tail from ``MIN_HEAD_TAIL_LENGTH`` tokens: at 32 the head keeps
+8 tokens and the tail about 22; shorter windows leave a head or a tail too short to carry a sentence.
+
+One strategy from plan to serving. ``FineTuneConfig.truncation`` picks it for training (``TokenizedTexts``); the
+task bundle records it in its provenance config; the export reads it there, runs its gates with it
+(``export.runtime.encode``) and writes it to ``serving.json``; serving (``serving.model.ServingTokenizer``) and the
+monitoring reference read it from there. A bundle without the field was trained with plain truncation.
+
+Domain adaptation does not use head+tail: a masked-language model learns the domain's language, not a label, so
+nothing is gained by joining a text's two ends across a seam it never has in the wild. With ``"chunks"``
+(``encode_chunks``) it trains on every token of a long text, in consecutive windows of ``max_length`` tokens.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,7 +56,10 @@ if TYPE_CHECKING:
 
 TruncationStrategy = Literal["head", "head_tail"]
 TRUNCATION_STRATEGIES: tuple[TruncationStrategy, ...] = ("head", "head_tail")
+MlmTextStrategy = Literal["head", "chunks"]
+MLM_TEXT_STRATEGIES: tuple[MlmTextStrategy, ...] = ("head", "chunks")
 DEFAULT_HEAD_SHARE = 0.25
+MIN_HEAD_TAIL_LENGTH = 32  # the shortest max_length the configs accept with head_tail (module docstring)
 LENGTH_PERCENTILES = (50, 90, 95, 99)
 TRUNCATION_POINTS = (64, 128, 256, 512)
 MIN_MAX_LENGTH, MAX_MAX_LENGTH = 8, 8192  # the range the training configs accept
@@ -183,6 +194,37 @@ class LengthChoice:
     measured_texts: int
 
     @property
+    def truncation(self) -> TruncationStrategy:
+        """``head_tail`` when the percentile's texts do not fit (the model's limit or the SLA capped the window)
+        and the window holds a head and a tail (``MIN_HEAD_TAIL_LENGTH``); ``head`` otherwise."""
+        capped = self.bound_by in ("model limit", "latency SLA")
+        return "head_tail" if capped and self.max_length >= MIN_HEAD_TAIL_LENGTH else "head"
+
+    @property
+    def mlm_texts(self) -> MlmTextStrategy:
+        """Domain adaptation's counterpart: every token of a long text in windows (``chunks``) where the fine-tuning
+        keeps head and tail; ``head`` otherwise."""
+        return "chunks" if self.truncation == "head_tail" else "head"
+
+    @property
+    def truncation_explanation(self) -> str:
+        """What happens to the texts the window cuts, and why this strategy."""
+        if self.truncation == "head_tail":
+            return (
+                f"The p{self.percentile:g} texts do not fit the {self.bound_by}, so training, export and serving keep "
+                "each longer text's first quarter-window of tokens and its last (head+tail truncation, where plain "
+                "truncation would drop the end, which often carries the verdict); domain adaptation trains on "
+                "every token of the long texts in windows (chunks)."
+            )
+        if self.bound_by in ("model limit", "latency SLA"):
+            return (
+                f"The p{self.percentile:g} texts do not fit, but a {self.max_length}-token window is too short for "
+                f"head+tail (it needs {MIN_HEAD_TAIL_LENGTH}): the longer texts lose their end (plain truncation "
+                "keeps the first tokens)."
+            )
+        return "The longer texts lose their end (plain truncation keeps the first tokens)."
+
+    @property
     def explanation(self) -> str:
         rounded = -(-self.percentile_tokens // self.multiple) * self.multiple
         why = {
@@ -198,8 +240,8 @@ class LengthChoice:
             f"max_length {self.max_length}: p{self.percentile:g} of {self.measured_texts:,} texts is "
             f"{self.percentile_tokens} tokens ({why}). The model takes {limit}; the latency model puts "
             f"{self.max_length}-token requests at {self.estimated_latency_ms:.0f} ms against the "
-            f"{self.latency_sla_ms:g} ms SLA ({sla}). {self.truncated_share:.1%} of the texts are longer and "
-            "lose their end (plain truncation keeps the first tokens)."
+            f"{self.latency_sla_ms:g} ms SLA ({sla}). {self.truncated_share:.1%} of the texts are longer. "
+            f"{self.truncation_explanation}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -209,7 +251,7 @@ class LengthChoice:
             "sla_limit": self.sla_limit, "estimated_latency_ms": self.estimated_latency_ms,
             "latency_sla_ms": self.latency_sla_ms, "bound_by": self.bound_by,
             "truncated_share": self.truncated_share, "measured_texts": self.measured_texts,
-            "explanation": self.explanation,
+            "truncation": self.truncation, "mlm_texts": self.mlm_texts, "explanation": self.explanation,
         }
 
 
@@ -291,20 +333,86 @@ def encode_texts(
     if strategy == "head":
         plain = tokenizer(list(texts), truncation=True, max_length=max_length, return_token_type_ids=False)
         return {"input_ids": list(plain["input_ids"]), "attention_mask": list(plain["attention_mask"])}
+    require_head_tail_window(tokenizer, max_length)
     whole = tokenizer(
         list(texts), add_special_tokens=True, truncation=False, return_special_tokens_mask=True,
         return_attention_mask=False, return_token_type_ids=False, verbose=False,
     )
-    ids = [_cut_between_specials(row, mask, max_length, head_share)
+    ids = [head_tail_between_specials(row, mask, max_length, head_share)
            for row, mask in zip(whole["input_ids"], whole["special_tokens_mask"], strict=True)]
     return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
 
 
-def _cut_between_specials(ids: Sequence[int], special: Sequence[int], max_length: int, head_share: float) -> list[int]:
-    lead = next((i for i, flag in enumerate(special) if not flag), len(ids))
+def head_tail_between_specials(
+    ids: Sequence[int], special: Sequence[int], max_length: int, head_share: float = DEFAULT_HEAD_SHARE
+) -> list[int]:
+    """One text's ids (special tokens included, uncut) cut to ``max_length`` by head+tail: the content between the
+    leading and trailing special tokens (``special`` marks them) keeps its head and tail."""
+    lead, trail = _special_ends(special)
     if lead == len(ids):
         return list(ids)[:max_length]  # nothing but special tokens
-    trail = next(i for i, flag in enumerate(reversed(special)) if not flag)
     content = ids[lead:len(ids) - trail]
     kept = truncate_head_tail(content, max_length - lead - trail, head_share)
     return [*ids[:lead], *kept, *ids[len(ids) - trail:]]
+
+
+def special_token_count(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Special tokens the tokenizer adds around one text ([CLS] and [SEP] for BERT)."""
+    return int(tokenizer.num_special_tokens_to_add(pair=False))
+
+
+def require_head_tail_window(tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    """Raise unless ``max_length`` holds the tokenizer's special tokens, one head and one tail token."""
+    specials = special_token_count(tokenizer)
+    if max_length - specials < 2:
+        raise ValueError(
+            f"head_tail needs a window of at least {specials + 2} tokens with this tokenizer ({specials} special "
+            f"tokens, one head and one tail token); got max_length {max_length}"
+        )
+
+
+def encode_chunks(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> dict[str, list[list[int]]]:
+    """Every token of every text, in consecutive windows of at most ``max_length`` tokens with special tokens.
+
+    A text that fits is one window, encoded as plain truncation encodes it; a longer one becomes
+    ``ceil(content / (max_length - specials))`` windows, the last one shorter, each between the text's own leading
+    and trailing special tokens. For masked-language-model training (domain adaptation), where no label ties a
+    window to its text.
+    """
+    whole = tokenizer(
+        list(texts), add_special_tokens=True, truncation=False, return_special_tokens_mask=True,
+        return_attention_mask=False, return_token_type_ids=False, verbose=False,
+    )
+    ids: list[list[int]] = []
+    for row, special in zip(whole["input_ids"], whole["special_tokens_mask"], strict=True):
+        lead, trail = _special_ends(special)
+        if lead == len(row):
+            ids.append(list(row)[:max_length])  # nothing but special tokens
+            continue
+        width = max_length - lead - trail
+        if width < 1:
+            raise ValueError(f"chunks need max_length above the {lead + trail} special tokens, got {max_length}")
+        content = row[lead:len(row) - trail]
+        ids.extend([*row[:lead], *content[start:start + width], *row[len(row) - trail:]]
+                   for start in range(0, len(content), width))
+    return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+
+
+def _special_ends(special: Sequence[int]) -> tuple[int, int]:
+    """Special tokens before the first content token and after the last (all of them when there is no content)."""
+    lead = next((i for i, flag in enumerate(special) if not flag), len(special))
+    if lead == len(special):
+        return lead, 0
+    return lead, next(i for i, flag in enumerate(reversed(special)) if not flag)
+
+
+def recorded_truncation(config: Mapping[str, Any], source: object) -> TruncationStrategy:
+    """The truncation a bundle records (its training config, or an export's ``serving.json``); ``head`` for bundles
+    older than the field. ``source`` names the bundle in the error."""
+    value = config.get("truncation", "head")
+    if value not in TRUNCATION_STRATEGIES:
+        raise ValueError(
+            f"{source}: truncation {value!r} is not one of {list(TRUNCATION_STRATEGIES)}; the bundle was written by a "
+            "newer or altered tl_platform"
+        )
+    return value

@@ -19,6 +19,7 @@ from tl_platform.data.schema import DuplicateReport, LabelledDataset, LabelSchem
 from tl_platform.data.splits import DatasetSplits, SplitFractions, stratified_split
 from tl_platform.export.exported_bundle import torch_runner
 from tl_platform.export.gates import batched_outputs
+from tl_platform.training.long_text import TruncationStrategy
 from tl_platform.validation import require
 
 if TYPE_CHECKING:
@@ -227,9 +228,12 @@ class ForgettingReport:
         }
 
 
-def classifier_accuracy(model: Any, tokenizer: PreTrainedTokenizerBase, dataset: LabelledDataset, max_length: int) -> float:
+def classifier_accuracy(
+    model: Any, tokenizer: PreTrainedTokenizerBase, dataset: LabelledDataset, max_length: int,
+    truncation: TruncationStrategy = "head",
+) -> float:
     """Accuracy of a sequence classifier (PyTorch, eval mode) on a dataset, tokenised as in training."""
     if len(dataset) == 0:
         raise ValueError(f"{dataset.source}: accuracy of an empty dataset is undefined")
-    logits, _ = batched_outputs(torch_runner(model), tokenizer, list(dataset.texts), max_length)
+    logits, _ = batched_outputs(torch_runner(model), tokenizer, list(dataset.texts), max_length, truncation=truncation)
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(dataset.labels)))

@@ -7,12 +7,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tl_platform.training.long_text import TruncationStrategy, encode_chunks, encode_texts
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
 class TokenizedTexts(torch.utils.data.Dataset[dict[str, list[int]]]):
-    """Texts tokenised once up front; labels are attached when given."""
+    """Texts tokenised once up front, cut to ``max_length`` by ``truncation``; labels are attached when given.
+
+    ``truncation`` is ``long_text.encode_texts``'s strategy (``head`` or ``head_tail``); export and serving cut
+    text the same way (``export.runtime.encode``, ``serving.model.ServingTokenizer``).
+    """
 
     def __init__(
         self,
@@ -20,13 +26,22 @@ class TokenizedTexts(torch.utils.data.Dataset[dict[str, list[int]]]):
         texts: Sequence[str],
         max_length: int,
         labels: Sequence[int] | None = None,
+        truncation: TruncationStrategy = "head",
     ) -> None:
         if labels is not None and len(labels) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        encoded = encode_texts(tokenizer, texts, max_length, truncation)
         self.input_ids: list[list[int]] = encoded["input_ids"]
         self.attention_mask: list[list[int]] = encoded["attention_mask"]
         self.labels = list(labels) if labels is not None else None
+
+    @classmethod
+    def chunked(cls, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> TokenizedTexts:
+        """Every token of every text in windows of ``max_length`` (``long_text.encode_chunks``); no labels."""
+        dataset = cls.__new__(cls)
+        encoded = encode_chunks(tokenizer, texts, max_length)
+        dataset.input_ids, dataset.attention_mask, dataset.labels = encoded["input_ids"], encoded["attention_mask"], None
+        return dataset
 
     def __len__(self) -> int:
         return len(self.input_ids)
