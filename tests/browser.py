@@ -6,7 +6,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,37 @@ def ink_share(png: Path) -> float:
 
     pixels = matplotlib.image.imread(str(png))[..., :3]
     return float((pixels.mean(axis=2) < 0.9).mean())
+
+
+def webdriver() -> Any:
+    """A Selenium session on Debian's Chromium and its chromedriver (never a downloaded browser or driver)."""
+    from selenium import webdriver as selenium_webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver = os.environ.get("TLP_CHROMEDRIVER") or shutil.which("chromedriver")
+    if driver is None:
+        pytest.skip("no chromedriver here: `apt-get install chromium-driver` (CI's .ci/run installs it) or set TLP_CHROMEDRIVER")
+    options = selenium_webdriver.ChromeOptions()
+    options.binary_location = chromium()
+    for flag in (*CHROMIUM_FLAGS, "--window-size=1600,1100"):
+        options.add_argument(flag)
+    session = selenium_webdriver.Chrome(service=Service(driver), options=options)
+    session.set_page_load_timeout(120)
+    return session
+
+
+def page_text_has(session: Any, texts: Sequence[str], timeout_s: float = 90) -> None:
+    """Wait until the page's visible text holds every one of ``texts`` (single-page apps render late)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def holds(_: object) -> bool:
+        body = session.find_element(By.TAG_NAME, "body").text
+        return all(text in body for text in texts)
+
+    try:
+        WebDriverWait(session, timeout_s).until(holds)
+    except Exception as err:  # name what was missing, with what the page showed
+        body = session.find_element(By.TAG_NAME, "body").text
+        missing = [text for text in texts if text not in body]
+        raise AssertionError(f"{session.current_url} never showed {missing}; it showed:\n{body[:3000]}") from err
