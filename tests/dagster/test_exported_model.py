@@ -6,11 +6,18 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import requests
 
 from assets import TRANSFER_ASSETS, exported_model
+from resources import MlflowTracking
 from tests.dagster.conftest import Stages, make_stage_resources, tiny_run_config
 from tl_platform.checkpoints import verify_bundle
-from tl_platform.tracking.mlflow_tracker import registered_versions, registered_versions_with_aliases, version_by_alias
+from tl_platform.tracking.mlflow_tracker import (
+    registered_versions,
+    registered_versions_with_aliases,
+    runs_with_tag,
+    version_by_alias,
+)
 
 FAST_TASK = {"domain_adapted_model": {"enabled": False}, "task_model": {"epochs": 2, "min_test_accuracy": 0.0}}
 
@@ -134,3 +141,40 @@ def test_deployment_without_an_export_says_what_to_do(tmp_path: Path) -> None:
 
     with pytest.raises(Exception, match=r"exported_model has never been materialised; materialise exported_model first"):
         make_stage_resources(tmp_path).materialize([deployment])
+
+
+def test_a_tracking_outage_while_registering_is_retried_and_leaves_nothing_half_registered(
+    exported_twice: tuple[list[dg.ExecuteInProcessResult], Stages], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store drops the registration call once: the step retries, the failed attempt's run is marked failed
+    and owns no version, and exactly one new version is registered, by the attempt that succeeded."""
+    from mlflow.tracking import MlflowClient
+
+    _, resources = exported_twice
+    settings = resources["mlflow"].settings()
+    before = {v.version for v in registered_versions(settings, "tlp-classifier")}
+    register = MlflowClient.create_model_version
+    calls: list[str] = []
+
+    def drops_once(client: MlflowClient, *args: object, **kwargs: object) -> object:
+        calls.append(str(kwargs.get("run_id")))
+        if len(calls) == 1:
+            raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/2.0/mlflow/model-versions/create")
+        return register(client, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", drops_once)
+    tracking = resources["mlflow"]
+    monkeypatch.setitem(resources.resources, "mlflow", MlflowTracking(
+        tracking_uri=tracking.tracking_uri, experiment_name=tracking.experiment_name,
+        artifact_location=tracking.artifact_location, ui_base_url=tracking.ui_base_url, unavailable_wait_s=0.0))
+    result = resources.materialize([exported_model], run_config={"ops": {"exported_model": {"config": export_config()}}})
+    assert result.success
+    retries = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert [e.step_key for e in retries] == ["exported_model"]
+    after = registered_versions(settings, "tlp-classifier")
+    (new,) = [v for v in after if v.version not in before]
+    runs = {str(run["run_id"]): run for run in runs_with_tag(settings, "dagster.run_id", result.run_id)}
+    assert sorted(str(run["status"]) for run in runs.values()) == ["FAILED", "FINISHED"]
+    failed = next(run_id for run_id, run in runs.items() if run["status"] == "FAILED")
+    assert calls[0] == failed and new.source.startswith(f"runs:/{calls[1]}/") and calls[1] != failed
+    assert all(not v.source.startswith(f"runs:/{failed}/") for v in after)  # the failed attempt owns no version
