@@ -30,7 +30,7 @@ from resources.retrain_policy import RetrainPolicy
 from sensors.retrain_trigger import RETRAIN_JOB_NAME, complete_windows
 from tests.browser import artefact_path, page_text_has, webdriver
 from tests.dagster.conftest import tiny_run_config
-from tests.integration.topology import Topology, postgres_reason, wait_until
+from tests.integration.topology import COMPOSE_SERVICES, Topology, compose_command, postgres_reason, wait_until
 from tests.server_process import ROOT, free_port
 from tl_platform.monitoring.trigger import run_key
 from tl_platform.serving.record_source import RECORD_TAG
@@ -63,6 +63,23 @@ def wait_for_runs(topology: Topology, run_ids: list[str], timeout_s: float) -> d
 
     wait_until(f"runs {run_ids}", finished, timeout_s, lambda: topology.log("daemon") + topology.log("grpc"))
     return statuses
+
+
+# what compose sets that the native processes do without, and why
+NOT_NATIVE = {
+    "MLFLOW_S3_ENDPOINT_URL": "no MinIO natively: MLflow serves artifacts from a local folder",
+    "AWS_ACCESS_KEY_ID": "no MinIO natively", "AWS_SECRET_ACCESS_KEY": "no MinIO natively",
+    "MLFLOW_SERVER_ALLOWED_HOSTS": "loopback Host headers are allowed by default",
+    "TLP_ALERT_WEBHOOK": "no on-call route in a test",
+}
+
+
+def test_the_native_processes_get_every_variable_compose_gives_them(tmp_path: Path) -> None:
+    env = Topology(tmp_path).env
+    for service in ("mlflow", "user-code", "dagster-webserver", "dagster-daemon", "prediction-log-migrate", "serving"):
+        given = set(COMPOSE_SERVICES[service].get("environment") or {})  # type: ignore[arg-type]
+        assert given - set(env) - set(NOT_NATIVE) == set(), service
+        assert compose_command(service)[0].startswith(str(Path(sys.executable).parent)), service
 
 
 @pytest.fixture(scope="module")
@@ -115,18 +132,13 @@ def test_runs_events_and_mlflow_runs_are_in_postgres(deployed: Deployed) -> None
 
 def test_two_replicas_serve_from_the_registry_and_log_to_one_postgres_log(deployed: Deployed) -> None:
     topology = deployed.topology
-    migrate = subprocess.run(
-        [sys.executable, "-m", "tl_platform.serving.log_admin", "migrate", "--log-url", topology.url("predictions")],
-        cwd=ROOT, env=topology.env, capture_output=True, text=True, timeout=120,
-    )
+    migrate = subprocess.run(compose_command("prediction-log-migrate"), cwd=ROOT, env=topology.env,
+                             capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
     ports = [free_port(), free_port()]
     for index, port in enumerate(ports):
-        topology.start(f"serving-{index}", [
-            sys.executable, "-m", "tl_platform.serving", "--registry-model", SERVING_MODEL_NAME,
-            "--model-cache", str(topology.root / f"model-cache-{index}"), "--log-url", topology.url("predictions"),
-            "--no-migrate", "--host", "127.0.0.1", "--port", str(port),
-        ])
+        cache = str(topology.root / f"model-cache-{index}")  # one per replica, as one per container
+        topology.start(f"serving-{index}", compose_command("serving", port, {"/var/cache/tlp/models": cache}))
     for index, port in enumerate(ports):
         wait_until(f"replica {index}", lambda port=port: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,  # type: ignore[misc]
                    180, lambda index=index: topology.log(f"serving-{index}"))  # type: ignore[misc]
@@ -310,3 +322,5 @@ def test_the_daemon_runs_the_trigger_once_per_window_across_a_restart(deployed: 
     ticks_list = ticks["sensorOrError"]["sensorState"]["ticks"]  # type: ignore[index]
     requested = [run_id for tick in ticks_list for run_id in tick["runIds"]]
     assert requested == [runs[0][0]], ticks_list  # one tick launched it; later ticks launched nothing
+    # and the run it requested, queued across the restart, is launched and ends: not lost in the queue
+    wait_for_runs(topology, [str(runs[0][0])], 900)

@@ -1,14 +1,17 @@
 """The production topology as native processes: what docker-compose.yml runs, started here without an engine.
 
 Postgres is the machine's own server (127.0.0.1:5432, user postgres); each topology gets throwaway databases
-(Dagster's storage, MLflow's store, the prediction log) dropped afterwards. Every process runs from the
-repository root with the files compose uses: ``deploy/dagster.yaml`` (linked into DAGSTER_HOME, not copied)
-and ``deploy/workspace.yaml``, configured only by environment variables, as the containers are.
+(Dagster's storage, MLflow's store, the prediction log) dropped afterwards. Each process runs the command its
+compose service runs, read from docker-compose.yml, with this machine's addresses and paths put in for the
+container's (``compose_command``), from the repository root, with the files compose uses:
+``deploy/dagster.yaml`` (linked into DAGSTER_HOME, not copied) and ``deploy/workspace.yaml``, configured only
+by environment variables, as the containers are. MinIO is not run: MLflow keeps artifacts in a local folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,12 +24,35 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import yaml
 from psycopg import sql
 
 from tests.server_process import ROOT, free_port
 
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 BIN = Path(sys.executable).parent
+COMPOSE_SERVICES: dict[str, dict[str, object]] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+IMAGE_PATHS = {"/opt/dagster/home/workspace.yaml": str(ROOT / "deploy" / "workspace.yaml"), "/opt/tl_platform": str(ROOT)}
+
+
+def compose_command(service: str, port: int | None = None, paths: dict[str, str] | None = None) -> list[str]:
+    """The command of a compose service as this machine runs it: loopback for 0.0.0.0, ``port`` for its
+    ``--port``, the repository's files and ``paths`` for the image's paths, a variable's compose default for
+    the variable, and this environment's executables."""
+    argv = [str(arg) for arg in COMPOSE_SERVICES[service]["command"]]  # type: ignore[attr-defined]
+    local = {**IMAGE_PATHS, **(paths or {})}
+    out: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "0.0.0.0":
+            arg = "127.0.0.1"
+        elif index > 0 and argv[index - 1] == "--port" and port is not None:
+            arg = str(port)
+        elif arg in local:
+            arg = local[arg]
+        arg = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", arg)  # ${VAR:-default}: the default
+        out.append(arg)
+    out[0] = sys.executable if out[0] == "python" else str(BIN / out[0])
+    return out
 
 
 def postgres_reason() -> str | None:
@@ -53,7 +79,7 @@ def wait_until(what: str, ready: Callable[[], bool], timeout_s: float, log: Call
 class Topology:
     root: Path
     prefix: str = field(default_factory=lambda: f"tlp_topo_{uuid.uuid4().hex[:8]}")
-    ports: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in ("mlflow", "grpc", "webserver")})
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def database(self, role: str) -> str:
@@ -81,8 +107,6 @@ class Topology:
     @property
     def env(self) -> dict[str, str]:
         """The variables compose gives its containers, with this machine's addresses."""
-        for name in ("mlflow", "grpc", "webserver"):
-            self.ports.setdefault(name, free_port())
         return {
             **os.environ,
             "TLP_ENV": "production",
@@ -143,14 +167,12 @@ class Topology:
     # the services, in the order compose starts them
 
     def start_mlflow(self) -> None:
-        self.start("mlflow", [str(BIN / "mlflow"), "server", "--workers", "1"], {**self.env, "MLFLOW_HOST": "127.0.0.1",
-                                                                                 "MLFLOW_PORT": str(self.ports["mlflow"])})
+        self.start("mlflow", compose_command("mlflow", self.ports["mlflow"]))
         wait_until("mlflow server", lambda: httpx.get(f"{self.env['MLFLOW_TRACKING_URI']}/health").status_code == 200,
                    180, lambda: self.log("mlflow"))
 
     def start_code_server(self) -> None:
-        self.start("grpc", [str(BIN / "dagster"), "api", "grpc", "--module-name", "definitions",
-                            "--host", "127.0.0.1", "--port", str(self.ports["grpc"])])
+        self.start("grpc", compose_command("user-code", self.ports["grpc"]))
 
         def serving() -> bool:  # the webserver loads the location once at start: the server must answer first
             with socket.create_connection(("127.0.0.1", self.ports["grpc"]), timeout=1):
@@ -159,13 +181,12 @@ class Topology:
         wait_until("the user-code gRPC server", serving, 240, lambda: self.log("grpc"))
 
     def start_webserver(self) -> None:
-        self.start("webserver", [str(BIN / "dagster-webserver"), "--workspace", str(ROOT / "deploy" / "workspace.yaml"),
-                                 "--host", "127.0.0.1", "--port", str(self.ports["webserver"])])
+        self.start("webserver", compose_command("dagster-webserver", self.ports["webserver"]))
         wait_until("the webserver with the tl_platform location loaded", self.location_loaded, 240,
                    lambda: self.log("webserver") + self.log("grpc"))
 
     def start_daemon(self) -> None:
-        self.start("daemon", [str(BIN / "dagster-daemon"), "run", "--workspace", str(ROOT / "deploy" / "workspace.yaml")])
+        self.start("daemon", compose_command("dagster-daemon"))
         wait_until("the daemon's run queue and sensors", self.daemons_healthy, 180, lambda: self.log("daemon"))
 
     @property
