@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tl_platform.economics.costs import PriceTable, require_positive
+from tl_platform.economics.length_assumptions import length_assumptions
 from tl_platform.economics.measurements import (
     DEFAULT_FAR_THRESHOLD,
     DEFAULT_MAX_TEXTS_FOR_LENGTHS,
@@ -45,10 +46,10 @@ from tl_platform.economics.measurements import (
     measure_domain_distance,
     measure_token_lengths,
 )
+from tl_platform.economics.run_config import configured_recipe, run_config_for
 from tl_platform.economics.serving import ApiPricing, SelfHosting, serving_costs
 from tl_platform.training.long_text import (
     MAX_MAX_LENGTH,
-    MIN_HEAD_TAIL_LENGTH,
     MIN_MAX_LENGTH,
     REFERENCE_LATENCY_MS,
     REFERENCE_TOKENS,
@@ -344,36 +345,6 @@ def decide(inputs: PlanInputs, settings: PlanSettings) -> TransferPlan:
     return TransferPlan(recommended, runner_up, tuple(reasons), assumptions, inputs, length)
 
 
-def length_assumptions(settings: PlanSettings, length: LengthChoice) -> tuple[str, ...]:
-    return (
-        (f"max_length: the p{settings.length_percentile:g} token length (the foundation's tokenizer, special tokens "
-         f"included) rounded up to a multiple of {settings.length_multiple}, at least {settings.min_max_length}, "
-         "capped by the model's limit and the latency SLA (config)"),
-        (f"latency at a length: {settings.serving_latency_ms:g} ms at {settings.serving_latency_tokens} tokens "
-         "(MiniLM-L6, the README serving bench: INT8 ONNX, p99 at concurrency 8, 2-core CPU) scaled by forward "
-         "FLOPs (linear plus the quadratic attention term): a documented model, not measured at plan time; it "
-         "ignores the fixed cost of a request, so it overstates the growth and the cap errs short"),
-        truncation_assumption(length),
-    )
-
-
-def truncation_assumption(length: LengthChoice) -> str:
-    """Which strategy cuts the texts beyond max_length, and why: head+tail when the percentile exceeds the cap."""
-    over = (f"p{length.percentile:g} is {length.percentile_tokens} tokens, over the {length.max_length}-token cap "
-            f"({length.bound_by}): {length.truncated_share:.1%} of the texts are longer")
-    if length.truncation == "head_tail":
-        return (f"long texts: {over}, so fine-tuning, export and serving keep each one's head (a quarter of the "
-                "window) and tail (truncation: head_tail; bench/long_documents.py: as accurate as plain truncation "
-                "where the whole text carries the label, about 40 points better where only its end does), and "
-                "domain adaptation trains on all of their tokens in windows (truncation: chunks)")
-    if length.bound_by in ("model limit", "latency SLA"):
-        return (f"long texts: {over}, but a {length.max_length}-token window is too short for head+tail (it needs "
-                f"{MIN_HEAD_TAIL_LENGTH}): they are cut to their first tokens (truncation: head)")
-    return (f"long texts: the p{length.percentile:g} length fits the window, so the {length.truncated_share:.1%} "
-            "longer texts are cut to their first tokens (truncation: head); head+tail is chosen when the "
-            "percentile exceeds the model's or the latency SLA's cap")
-
-
 def measure_plan_inputs(
     texts: Sequence[str],
     labels: Sequence[int],
@@ -433,32 +404,3 @@ def plan_transfer(
         texts, labels, class_names, unlabelled_texts, references, embed, pretrained_model, settings, count_tokens, window
     )
     return decide(inputs, settings)
-
-
-def configured_recipe(plan: TransferPlan) -> Recipe | None:
-    """The recipe the main job runs for this plan: the recommended one when the main job can train it, else the
-    runner-up (the benchmark for a prompting recommendation); None when neither is a fine-tuning recipe."""
-    for recipe in (plan.recommended, plan.runner_up):
-        if recipe.trainable_by_main_job:
-            return recipe
-    return None
-
-
-def run_config_for(plan: TransferPlan) -> dict[str, Any] | None:
-    """Dagster run config of the main job for ``configured_recipe``: whether domain adaptation runs, how the task
-    model is fine-tuned, and the chosen ``max_length`` and long-text strategy of both (export and serving read
-    them from the task bundle)."""
-    recipe = configured_recipe(plan)
-    if recipe is None:
-        return None
-    adaptation: dict[str, Any] = {}
-    fine_tuning: dict[str, Any] = {}
-    if plan.length:
-        adaptation = {"max_length": plan.length.max_length, "truncation": plan.length.mlm_texts}
-        fine_tuning = {"max_length": plan.length.max_length, "truncation": plan.length.truncation}
-    return {
-        "ops": {
-            "domain_adapted_model": {"config": {"enabled": recipe.domain_adaptation, **adaptation}},
-            "task_model": {"config": {"method": recipe.fine_tune_method, **fine_tuning}},
-        }
-    }
