@@ -321,6 +321,8 @@ def test_the_daemon_runs_the_trigger_once_per_window_across_a_restart(deployed: 
     )
     ticks_list = ticks["sensorOrError"]["sensorState"]["ticks"]  # type: ignore[index]
     requested = [run_id for tick in ticks_list for run_id in tick["runIds"]]
-    assert requested == [runs[0][0]], ticks_list  # one tick launched it; later ticks launched nothing
+    # no tick launched another run; a tick the kill interrupted is resumed after the restart and finds the run
+    # its key already names, so it may list no run id at all
+    assert set(requested) <= {runs[0][0]}, ticks_list
     # and the run it requested, queued across the restart, is launched and ends: not lost in the queue
     wait_for_runs(topology, [str(runs[0][0])], 900)
