@@ -101,7 +101,8 @@ def test_predict_answers_and_logs_features(client: TestClient) -> None:
 def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert ready == {"status": "ready", "champion_version": "1", "challenger_version": None, "challenger_share": 0.0, "shadow": False}
+    assert ready == {"status": "ready", "champion_version": "1", "challenger_version": None, "challenger_share": 0.0,
+                     "shadow": False, "deployment_problem": None}
     for _ in range(3):
         client.post("/predict", json={"text": "works"})
     client.post("/predict", json={"text": ""})
