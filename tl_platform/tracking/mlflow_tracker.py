@@ -195,6 +195,7 @@ class MlflowRegistry:
     """The model registry of one tracking store, as promotion code sees it (``ModelRegistry``)."""
 
     def __init__(self, settings: MlflowSettings) -> None:
+        self._settings = settings
         self._client = MlflowClient(tracking_uri=settings.tracking_uri)
 
     def alias_version(self, name: str, alias: str) -> str | None:
@@ -225,11 +226,8 @@ class MlflowRegistry:
         """Copy a registered version's artifacts from the tracking server into ``destination``; return the
         downloaded directory."""
         found = self._client.get_model_version(name, version)
-        destination.mkdir(parents=True, exist_ok=True)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=str(found.source), dst_path=str(destination), tracking_uri=self._client.tracking_uri
-        )
-        return Path(local)
+        registered = RegisteredVersion(name=found.name, version=str(found.version), source=str(found.source))
+        return download_version(self._settings, registered, destination)
 
 
 _UNAVAILABLE_MARKERS = (
