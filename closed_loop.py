@@ -35,8 +35,10 @@ from resources import (
     StageStore,
     resources_for_environment,
 )
+from resources.alerts import RecordingAlertRoute
 from resources.catalogue import locate
-from sensors.retrain_trigger import evaluate_trigger, latest_metadata
+from sensors.retrain_trigger import TRIGGER_SENSOR_NAME, evaluate_trigger, latest_metadata
+from sensors.simulated_ticks import RequestedRun, SimulatedTicks, workspace_location_name
 from tl_platform.economics.report import PROPOSAL_CATALOGUE_SPECS, Proposal, load_proposal
 from tl_platform.local_state import tlp_home
 from tl_platform.monitoring.trigger import TriggerState
@@ -65,17 +67,6 @@ class StepFailed(RuntimeError):
     """A Dagster run of the story failed; the message names the run and where its events are."""
 
 
-class RecordingAlerts(AlertRoute):
-    """The configured alert route, keeping what it was asked to send so the story can tell it."""
-
-    def send(self, title: str, body: dict[str, object]) -> Any:
-        SENT_ALERTS.append(str(body.get("alert", title)))
-        return super().send(title, body)
-
-
-SENT_ALERTS: list[str] = []
-
-
 class Story:
     def __init__(self, config: StoryConfig, state: StoryState, store: StoryStore, progress: Progress,
                  log_path: Path, ops_overrides: dict[str, Any], owner: str) -> None:
@@ -91,7 +82,8 @@ class Story:
 
     # --- one Dagster run ---------------------------------------------------------------------------------
     def run_job(self, name: str, ops: dict[str, Any] | None = None, partition_key: str | None = None,
-                tags: dict[str, str] | None = None, asset_selection: list[str] | None = None) -> str:
+                tags: dict[str, str] | None = None, asset_selection: list[str] | None = None,
+                run_id: str | None = None) -> str:
         job = defs.resolve_job_def(name)
         selected = set(asset_selection or [])
         wanted_ops = {op: value for op, value in merge_ops(ops or {}, self.ops_overrides).items()
@@ -100,7 +92,7 @@ class Story:
             run_config={"ops": wanted_ops} if wanted_ops else None, instance=self.instance,
             partition_key=partition_key, tags={STORY_TAG: self.state.fingerprint, **(tags or {})},
             asset_selection=[dg.AssetKey(a) for a in asset_selection] if asset_selection else None,
-            raise_on_error=False,
+            raise_on_error=False, run_id=run_id,
         )
         if not result.success:
             where = f" for {partition_key}" if partition_key else ""
@@ -110,6 +102,12 @@ class Story:
 
     def save(self) -> None:
         self.store.save(self.state)
+
+    def required_metadata(self, asset: str) -> dict[str, Any]:
+        found = latest_metadata(self.instance, asset)
+        if found is None:
+            raise StepFailed(f"{asset} has no materialisation in the catalogue")
+        return found
 
     @contextmanager
     def timed(self, name: str, detail: str = "") -> Iterator[None]:
@@ -126,7 +124,7 @@ class Story:
         with self.timed("transfer plan", "labelled data, foundation model, the recipe the data call for"):
             labelled = {"labelled_data": {"config": {"domain": self.config.domain}}}
             self.run_job("plan_job", labelled)
-            found = latest_metadata_unpartitioned(self.instance, "transfer_plan")
+            found = self.required_metadata("transfer_plan")
             self.state.plan = {"recommended": found.get("recommended"), "runner_up": found.get("runner_up"),
                                "run_config": found.get("run_config") or {},
                                "relative_domain_distance": found.get("relative_domain_distance")}
@@ -149,9 +147,9 @@ class Story:
         with self.timed("models", detail + ", export with its gates, deployment"), training_bars(self.progress):
             self.state.models_run_id = self.run_job(
                 "main_job", ops, asset_selection=["domain_adapted_model", "task_model", "exported_model", "deployment"])
-        deployed = latest_metadata_unpartitioned(self.instance, "deployment")
+        deployed = self.required_metadata("deployment")
         self.state.champion_version = str(deployed["champion_version"])
-        task = latest_metadata_unpartitioned(self.instance, "task_model")
+        task = self.required_metadata("task_model")
         self.progress.line(f"  task model: test accuracy {float(task['test_accuracy']):.3f}; serving "
                            f"v{self.state.champion_version} as champion")
         self.save()
@@ -212,34 +210,32 @@ class Story:
                            f"({format_duration(time.monotonic() - day_began)}; "
                            f"{format_duration(time.monotonic() - began)} of days so far)")
 
-    def tick(self, story_day: StoryDay) -> tuple[list[str], list[dg.RunRequest]]:
-        """The trigger at the moment the daemon would first judge this window: its end plus the lateness."""
+    def tick(self, story_day: StoryDay) -> tuple[list[str], list[RequestedRun]]:
+        """The trigger at the moment the daemon would first judge this window (its end plus the lateness),
+        recorded as a tick of the sensor in the instance, as the daemon would record it."""
         policy = RetrainPolicy(cooldown_hours=self.config.cooldown_hours)
         now = datetime.combine(story_day.day + timedelta(days=1), datetime.min.time(), UTC) + \
             timedelta(hours=policy.lateness_hours, minutes=1)
         context = dg.build_sensor_context(instance=self.instance, cursor=self.state.sensor_cursor)
-        SENT_ALERTS.clear()
-        alerts = RecordingAlerts(webhook_url=self.webhook_url)
-        outcome = evaluate_trigger(context, policy, alerts, now)
-        self.state.sensor_cursor = outcome.cursor if isinstance(outcome, dg.SensorResult) else context.cursor
-        requests = list(outcome.run_requests or []) if isinstance(outcome, dg.SensorResult) else []
-        return list(SENT_ALERTS), requests
+        alerts = RecordingAlertRoute(webhook_url=self.webhook_url)
+        ticks = SimulatedTicks(self.instance, workspace_location_name(), TRIGGER_SENSOR_NAME)
+        tick = ticks.evaluate(now, context, lambda: evaluate_trigger(context, policy, alerts, now))
+        self.state.sensor_cursor = tick.cursor
+        return alerts.sent, tick.runs
 
-    def retrain(self, requests: list[dg.RunRequest]) -> dict[str, Any]:
-        request = requests[0]
-        window = str(request.partition_key)
+    def retrain(self, requested: list[RequestedRun]) -> dict[str, Any]:
+        run = requested[0]
+        window = str(run.request.partition_key)
         if self.state.retrain is not None and self.state.retrain.get("window") == window:
             return self.state.retrain  # done before an interruption: never twice
         ops = {"retrained_model": {"config": {"fresh_days": 1, "max_forgetting_points": 2.0}}}
-        tags = {**dict(request.tags), "dagster/sensor_name": "drift_canary_trigger",
-                "tlp/run_key": str(request.run_key)}
         with self.timed("retrain", f"drift and a canary breach in window {window}: fresh feedback plus replay"), \
                 training_bars(self.progress):
-            run_id = self.run_job("retrain_job", ops, partition_key=window, tags=tags)
+            run_id = self.run_job("retrain_job", ops, partition_key=window, tags=run.tags, run_id=run.run_id)
         forgetting = (latest_metadata(self.instance, "retrained_model", window) or {}).get("forgetting") or {}
         candidate = str((latest_metadata(self.instance, "candidate_model", window) or {}).get("registered_version"))
         self.state.retrain = {"window": window, "run_id": run_id, "candidate_version": candidate,
-                              "forgetting": forgetting, "reasons": request.tags.get("tlp/trigger_reasons", "")}
+                              "forgetting": forgetting, "reasons": run.request.tags.get("tlp/trigger_reasons", "")}
         self.save()
         self.progress.line(f"  candidate v{candidate}: {points_text(forgetting.get('fresh_gain_points'))} on the window's "
                            f"held-out rows, {points_text(forgetting.get('previous_change_points'))} on the old test set")
@@ -311,13 +307,6 @@ def merge_ops(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _job_has_op(job: dg.JobDefinition, op: str) -> bool:
     return any(node.name == op for node in job.graph.nodes)
-
-
-def latest_metadata_unpartitioned(instance: dg.DagsterInstance, asset: str) -> dict[str, Any]:
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-    if event is None or event.asset_materialization is None:
-        raise StepFailed(f"{asset} has no materialisation in the catalogue")
-    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
 def fail_orphaned_runs(instance: dg.DagsterInstance, story: str) -> int:

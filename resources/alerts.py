@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,17 @@ class AlertRoute(dg.ConfigurableResource):
         if response.status_code >= 400:
             return AlertDelivery(False, f"webhook {self.webhook_url} answered HTTP {response.status_code}")
         return AlertDelivery(True, f"webhook answered HTTP {response.status_code}")
+
+
+class RecordingAlertRoute(AlertRoute):
+    """The alert route, also keeping the alerts it was asked to send, so a caller can tell what went out."""
+
+    _sent: list[str] = PrivateAttr(default_factory=list)
+
+    def send(self, title: str, body: dict[str, object]) -> AlertDelivery:
+        self._sent.append(str(body.get("alert", title)))
+        return super().send(title, body)
+
+    @property
+    def sent(self) -> list[str]:
+        return list(self._sent)

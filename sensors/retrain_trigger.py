@@ -23,6 +23,7 @@ from resources.retrain_policy import RetrainPolicy
 from tl_platform.monitoring.trigger import TriggerState, WindowSignals, decide
 
 RETRAIN_JOB_NAME = "retrain_job"
+TRIGGER_SENSOR_NAME = "drift_canary_trigger"
 
 
 def tick_interval_s(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
@@ -55,10 +56,11 @@ def complete_windows(now: datetime, lateness: timedelta, lookback_days: int, aft
     return [(oldest + timedelta(days=i)).isoformat() for i in range(max(days, 0))]
 
 
-def latest_metadata(instance: dg.DagsterInstance, asset: str, window: str) -> dict[str, Any] | None:
-    """The metadata of the newest materialisation of ``asset`` for the window, as plain values; None if none."""
+def latest_metadata(instance: dg.DagsterInstance, asset: str, window: str | None = None) -> dict[str, Any] | None:
+    """The metadata of the newest materialisation of ``asset`` (for the window, if given) as plain values; None if
+    there is none."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[window]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[window] if window else None), limit=1
     ).records
     if not records or records[0].asset_materialization is None:
         return None
@@ -82,7 +84,7 @@ def window_signals(instance: dg.DagsterInstance, window: str) -> WindowSignals:
 
 
 @dg.sensor(
-    name="drift_canary_trigger",
+    name=TRIGGER_SENSOR_NAME,
     job=retrain_job,
     minimum_interval_seconds=tick_interval_s(),
     # Stopped until someone turns it on (UI, or `dagster sensor start drift_canary_trigger`): a new deployment
