@@ -9,10 +9,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DEFAULT_HOME = ".tlp"
+
 
 def tlp_home() -> Path:
     """Local state (MLflow store, artifacts, Dagster instance): TLP_HOME, or .tlp in the working directory."""
-    return Path(os.environ.get("TLP_HOME", ".tlp")).resolve()
+    return Path(os.environ.get("TLP_HOME", DEFAULT_HOME)).resolve()
+
+
+def is_default_home(home: Path) -> bool:
+    """Whether ``home`` is what commands use without TLP_HOME (.tlp in the working directory)."""
+    return home.resolve() == Path(DEFAULT_HOME).resolve()
 
 
 def default_tracking_uri(home: Path) -> str:

@@ -1,10 +1,14 @@
-"""Parts of the main command's driver (closed_loop.py) that need Dagster but no model."""
+"""Parts of the main command's driver (closed_loop/) that need Dagster but no model."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import dagster as dg
 
-from closed_loop import STORY_TAG, fail_orphaned_runs, first_failure, merge_ops
+from closed_loop.runs import STORY_TAG, fail_orphaned_runs, first_failure, interrupted, merge_ops
 
 
 def test_op_config_merges_field_by_field() -> None:
@@ -60,3 +64,19 @@ def test_the_story_pre_registers_an_experiment_the_asset_accepts() -> None:
     assert (spec.min_duration_days, spec.max_duration_days, spec.mde) == (7, 14, 0.05)
     assert spec.routing_salt == "story-7" and spec.slices == ("register", "domain") and config.shadow_days == 1
     assert [g.name for g in spec.guardrails] == ["p99_latency", "error_rate", "standard_accuracy"]
+
+
+def test_ctrl_c_inside_a_step_is_told_apart_from_a_step_that_failed() -> None:
+    @dg.asset
+    def long_step() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; Dagster turns it into an interrupted step
+        time.sleep(5)
+
+    @dg.asset
+    def broken_step() -> None:
+        raise RuntimeError("could not save the bundle")
+
+    stopped = dg.materialize([long_step], raise_on_error=False)
+    failed = dg.materialize([broken_step], raise_on_error=False)
+    assert not stopped.success and interrupted(stopped)
+    assert not failed.success and not interrupted(failed)

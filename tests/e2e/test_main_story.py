@@ -7,7 +7,7 @@ requests a day from 600 users, and shipped). The command is killed (SIGKILL, the
 while it replays the second day and run again: it must resume there, without counting that day twice or
 retraining twice, and end with the report.
 
-Measured for the story this configuration shortens (closed_loop.py, bench/retrain_recovery.py): the amazon
+Measured for the story this configuration shortens (closed_loop/, bench/retrain_recovery.py): the amazon
 model scores about 0.70 on held-out slang reviews and the retrain recovers part of it (+4 to +14 points on
 held-out slang from run to run), which two days of 1,000 slang requests detect (an MDE of 0.1).
 """
@@ -26,7 +26,10 @@ from typing import Any
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+from dagster._core.scheduler.instigation import TickStatus
 
+from sensors.retrain_trigger import TRIGGER_SENSOR_NAME
+from sensors.simulated_ticks import SimulatedTicks, workspace_location_name
 from tests.browser import ink_share, screenshot
 from tl_platform.serving.log_schema import log_tables
 
@@ -95,6 +98,11 @@ def test_the_story_alerts_on_the_benign_shift_retrains_on_the_harmful_one_ships_
     instance = dg.DagsterInstance.from_config(str(home / "dagster_home"))
     retrains = instance.get_run_records(dg.RunsFilter(job_name="retrain_job", statuses=[dg.DagsterRunStatus.SUCCESS]))
     assert len(retrains) == 1
+    # every day's evaluation of the trigger is a tick of the sensor (what `tlp ui` shows in its history); the
+    # one that requested the retrain names its run
+    ticks = SimulatedTicks(instance, workspace_location_name(), TRIGGER_SENSOR_NAME).ticks()
+    assert len(ticks) == len(days), [tick.status for tick in ticks]
+    assert [tick.run_ids for tick in ticks if tick.status == TickStatus.SUCCESS] == [[retrains[0].dagster_run.run_id]]
 
     # the killed day was removed and sent again whole: the log holds each day's answers once
     tables = log_tables("")

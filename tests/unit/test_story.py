@@ -26,7 +26,7 @@ from tl_platform.story.scenario import (
     traffic_for,
 )
 from tl_platform.story.state import StoryLockedError, StoryMismatchError, StoryState, StoryStore, fingerprint
-from tl_platform.story.summary import narrative
+from tl_platform.story.summary import narrative, summary_lines
 
 
 class TestStoryConfig:
@@ -216,6 +216,23 @@ class TestRecordsAndReport:
         assert "No retrain was triggered." in narrative(state, config)
         assert "No experiment ran" in render_story_html(state, config, None, {})
         assert json.loads(json.dumps(state.to_json()))["days"][0]["canary_status"] == "holds"
+
+
+    def test_the_summary_names_the_home_the_ui_commands_need_and_where_a_stop_resumes(self, tmp_path: Path) -> None:
+        config = shortened()
+        state = StoryState(fingerprint="f", config=config.to_json())
+        report, log = tmp_path / "report.html", tmp_path / "events.log"
+        assert "`.venv/bin/tlp ui`" in "\n".join(summary_lines(state, config, report, log, 1.0))
+        told = "\n".join(summary_lines(state, config, report, log, 1.0, home=tmp_path))
+        assert f"`TLP_HOME={tmp_path} .venv/bin/tlp ui`" in told and f"`TLP_HOME={tmp_path} .venv/bin/tlp mlflow-ui`" in told
+        assert state.position(config.total_days) == "the transfer plan"
+        state.plan = {"recommended": "LoRA"}
+        assert state.position(config.total_days) == "the model stages"
+        state.models_run_id = "r"
+        state.days = [story_day_record(0, "steady", False, "holds", 0.96)]
+        assert state.position(config.total_days) == f"day 2 of {config.total_days}"
+        state.days = state.days * config.total_days
+        assert state.position(config.total_days) == "the cost report"
 
 
 class TestRunCommand:

@@ -38,7 +38,7 @@ def fingerprint(config: StoryConfig) -> str:
 
 @dataclass
 class StoryState:
-    """Progress and findings. ``days`` holds one record per finished day (see ``closed_loop.day_record``)."""
+    """Progress and findings. ``days`` holds one record per finished day (see ``tl_platform.story.records.day_record``)."""
 
     fingerprint: str
     config: dict[str, Any]
@@ -58,6 +58,16 @@ class StoryState:
     @property
     def days_done(self) -> int:
         return len(self.days)
+
+    def position(self, total_days: int) -> str:
+        """Where a story stopped now would resume, in words: the first step not yet done."""
+        if self.plan is None:
+            return "the transfer plan"
+        if self.models_run_id is None:
+            return "the model stages"
+        if self.days_done < total_days:
+            return f"day {self.days_done + 1} of {total_days}"
+        return "the cost report" if self.proposal_run_id is None else "the report"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

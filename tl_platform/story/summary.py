@@ -75,15 +75,18 @@ def narrative(state: StoryState, config: StoryConfig) -> list[str]:
     return sentences
 
 
-def summary_lines(state: StoryState, config: StoryConfig, report: Path, log_path: Path, seconds: float) -> list[str]:
+def summary_lines(state: StoryState, config: StoryConfig, report: Path, log_path: Path, seconds: float,
+                  home: Path | None = None) -> list[str]:
+    """The closing summary; ``home`` is a TLP_HOME other than the default, which the UI commands then need too."""
     lines = ["", "What happened:"]
+    command = f"TLP_HOME={home} .venv/bin/tlp" if home is not None else ".venv/bin/tlp"
     lines += [f"  - {sentence}" for sentence in narrative(state, config)]
     total = sum(seconds for name, seconds in state.stage_seconds.items() if name not in NESTED_STAGES)
     lines += [
         "",
         f"Report: {report}  (open it in a browser)",
-        "Dagster UI: `.venv/bin/tlp ui`, then http://127.0.0.1:3000 (runs, assets, checks, the sensor)",
-        "MLflow UI: `.venv/bin/tlp mlflow-ui`, then http://127.0.0.1:5000 (runs, metrics, registered versions)",
+        f"Dagster UI: `{command} ui`, then http://127.0.0.1:3000 (runs, assets, checks, the sensor's ticks)",
+        f"MLflow UI: `{command} mlflow-ui`, then http://127.0.0.1:5000 (runs, metrics, registered versions)",
         f"Dagster's event stream: {log_path}",
         f"Time: {format_duration(total)} in all stages"
         + (f" ({format_duration(seconds)} in this command, which resumed the story)" if seconds < total - 1 else "")

@@ -1,23 +1,8 @@
-"""The main command's story: the whole closed loop on the embedded default, driven through this code location.
+"""The story's steps: the plan, the model stages, the simulated days with their monitors, trigger ticks, retrain
+and experiment, and the cost report; each saves the state once it is done, so an interrupted story resumes."""
 
-`tlp run` starts this module (``python -m closed_loop``) with DAGSTER_HOME and TLP_HOME set. It materialises
-the jobs of ``definitions`` in the local instance, one run per step, so every run, asset, check and model
-version is in `tlp ui` and `tlp mlflow-ui` afterwards: the plan, the model stages and the deployment; then
-simulated days of traffic through the real serving API over HTTP, each followed by its monitor partition and a
-tick of the retrain trigger (the daemon's sensor code, at the simulated time); the retrain it requests, the
-candidate's shadow and A/B days with daily decisions; and last the cost report and the ROI curve. Progress goes
-to the terminal, Dagster's event stream to a log file; the state after each step goes to TLP_HOME/story, so an
-interrupted run resumes where it stopped.
-"""
-
-# No `from __future__ import annotations` needed by Dagster here, but kept out for symmetry with assets/.
-
-import argparse
 import json
-import os
-import sys
 import time
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -26,6 +11,7 @@ from typing import Any, cast
 
 import dagster as dg
 
+from closed_loop.runs import STORY_TAG, StepFailed, first_failure, interrupted, job_has_op, merge_ops
 from definitions import defs
 from resources import (
     AlertRoute,
@@ -44,7 +30,6 @@ from tl_platform.local_state import tlp_home
 from tl_platform.monitoring.trigger import TriggerState
 from tl_platform.story.progress import Progress, format_duration, training_bars
 from tl_platform.story.records import day_record, points_text
-from tl_platform.story.report import write_story_report
 from tl_platform.story.scenario import (
     StoryConfig,
     StoryDay,
@@ -55,16 +40,7 @@ from tl_platform.story.scenario import (
     traffic_for,
 )
 from tl_platform.story.server import ServingProcess, purge_day
-from tl_platform.story.state import StoryLockedError, StoryMismatchError, StoryState, StoryStore
-from tl_platform.story.summary import summary_lines
-
-STORY_TAG = "tlp/story"
-SERVING_MODEL_NAME = "tlp-classifier"
-STEP_ORDER = ("plan", "models", "days", "proposal", "report")
-
-
-class StepFailed(RuntimeError):
-    """A Dagster run of the story failed; the message names the run and where its events are."""
+from tl_platform.story.state import StoryState, StoryStore
 
 
 class Story:
@@ -87,7 +63,7 @@ class Story:
         job = defs.resolve_job_def(name)
         selected = set(asset_selection or [])
         wanted_ops = {op: value for op, value in merge_ops(ops or {}, self.ops_overrides).items()
-                      if (not selected or op in selected) and _job_has_op(job, op)}
+                      if (not selected or op in selected) and job_has_op(job, op)}
         result = job.execute_in_process(
             run_config={"ops": wanted_ops} if wanted_ops else None, instance=self.instance,
             partition_key=partition_key, tags={STORY_TAG: self.state.fingerprint, **(tags or {})},
@@ -95,6 +71,8 @@ class Story:
             raise_on_error=False, run_id=run_id,
         )
         if not result.success:
+            if interrupted(result):  # Ctrl-C inside a step: Dagster ends the run and returns instead of raising
+                raise KeyboardInterrupt
             where = f" for {partition_key}" if partition_key else ""
             raise StepFailed(f"{name} run {result.run_id} failed{where}: {first_failure(result)}\n"
                              f"(its events: `tlp ui` -> Runs, or {self.log_path})")
@@ -285,119 +263,3 @@ class Story:
         return load_proposal(*(Path(located[spec]) for spec in PROPOSAL_CATALOGUE_SPECS))
 
 
-def first_failure(result: dg.ExecuteInProcessResult) -> str:
-    """The failed step and the innermost cause of its error, the sentence a person acts on."""
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data is not None:
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:
-                error = error.cause
-            message = error.message.strip() if error is not None else "no error recorded"
-            return f"step {event.step_key}: {message[:800]}"
-    return "no step failed; the run itself did (see its events)"
-
-
-def merge_ops(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Op config of ``override`` over ``base``, field by field (an op named in both keeps the fields of both)."""
-    merged = {op: {"config": dict((value or {}).get("config", {}))} for op, value in base.items()}
-    for op, value in override.items():
-        merged.setdefault(op, {"config": {}})["config"].update((value or {}).get("config", {}))
-    return merged
-
-
-def _job_has_op(job: dg.JobDefinition, op: str) -> bool:
-    return any(node.name == op for node in job.graph.nodes)
-
-
-def fail_orphaned_runs(instance: dg.DagsterInstance, story: str) -> int:
-    """Runs of this story left STARTED by a killed process: marked failed, their concurrency slots freed."""
-    active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
-    orphans = instance.get_runs(dg.RunsFilter(tags={STORY_TAG: story}, statuses=active))
-    for run in orphans:
-        instance.report_run_failed(run)
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-    return len(orphans)
-
-
-def run_story(config: StoryConfig, progress: Progress, log_path: Path, ops_overrides: dict[str, Any], owner: str,
-              restart: bool = False) -> int:
-    home = tlp_home()
-    store = StoryStore(home)
-    try:
-        with store.lock():
-            if restart and store.path.exists():
-                store.path.rename(store.path.with_name(f"story-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"))
-            state, resumed = store.start_or_resume(config)
-            story = Story(config, state, store, progress, log_path, ops_overrides, owner)
-            if resumed:
-                orphans = fail_orphaned_runs(story.instance, state.fingerprint)
-                progress.line(f"resuming the story in {home}: {state.days_done} of {config.total_days} days done"
-                              + (f"; {orphans} run(s) left running by the stopped command marked failed" if orphans else ""))
-            began = time.monotonic()
-            try:
-                story.plan()
-                story.models()
-                story.days()
-                story.proposal()
-                report = write_story_report(state, config, home / "story" / "report.html", story.load_proposal(),
-                                            {"state": str(store.path), "Dagster events": str(log_path),
-                                             "serving log": str(home / "story" / "serving.log"),
-                                             "prediction log": story.log_url})
-                state.finished = True
-                story.save()
-            except KeyboardInterrupt:
-                story.save()
-                progress.line(f"\nstopped at day {state.days_done + 1} of {config.total_days}: everything before it is "
-                              "kept. Run the same command again to resume there, or add --restart to start over.")
-                return 130
-            except StepFailed as err:
-                story.save()
-                progress.line(f"\ntlp: {err}\nFix the cause and run the same command again to resume.")
-                return 1
-            except Exception as err:  # reported, with the traceback in the log, never hidden
-                story.save()
-                traceback.print_exc()
-                progress.line(f"\ntlp: the story stopped on an unexpected error: {type(err).__name__}: {err}\n"
-                              f"The traceback is at the end of {log_path}; the same command resumes after the last "
-                              "finished step.")
-                return 1
-            for line in summary_lines(state, config, report, log_path, time.monotonic() - began):
-                progress.line(line)
-            return 0
-    except (StoryLockedError, StoryMismatchError) as err:
-        progress.line(f"tlp: {err}")
-        return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m closed_loop", description=__doc__.splitlines()[0])
-    parser.add_argument("--story-config", help="JSON of StoryConfig fields (seed, days, volumes, ...)")
-    parser.add_argument("--ops", help="JSON of Dagster op config merged into every run of the story")
-    parser.add_argument("--owner", default="ML platform on-call", help="who owns the monitoring loop (ROI curve)")
-    parser.add_argument("--restart", action="store_true", help="start over instead of resuming a stopped story")
-    args = parser.parse_args(argv)
-    try:
-        config = StoryConfig(**json.loads(args.story_config or "{}"))
-        ops = json.loads(args.ops or "{}")
-    except (TypeError, ValueError) as err:
-        print(f"tlp: bad story settings: {err}", file=sys.stderr)
-        return 2
-    log_path = tlp_home() / "story" / f"events-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    # The terminal keeps the progress; everything else written to stdout or stderr (Dagster's event stream,
-    # library warnings, native code) goes to the log file, at the descriptor level so nothing slips past.
-    terminal = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    progress = Progress(terminal)
-    progress.line(f"tlp run: the closed loop on the embedded default ({config.total_days} simulated days, seed "
-                  f"{config.seed}); Dagster's events go to {log_path}")
-    with open(log_path, "ab") as log_file:
-        os.dup2(log_file.fileno(), 1)
-        os.dup2(log_file.fileno(), 2)
-        started = time.monotonic()
-        code = run_story(config, progress, log_path, ops, args.owner, args.restart)
-    progress.line(f"tlp run: {'done' if code == 0 else 'stopped'} after {format_duration(time.monotonic() - started)}")
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
