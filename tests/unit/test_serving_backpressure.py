@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from tests.serving_fixtures import ServingBundles, serving_bundles, write_record
 from tl_platform.serving.app import create_app
-from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, QueueFullError
+from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, QueueFullError, QueueTooSlowError
 from tl_platform.serving.config import ServingConfig
 from tl_platform.serving.deployment import VariantSpec
 from tl_platform.serving.model import CHARS_PER_TOKEN_BOUND, ServingModel, TokenizedText, load_variant, word_prefix
@@ -65,6 +65,43 @@ def test_cancelled_and_expired_texts_are_dropped_unscored() -> None:
     with pytest.raises(DeadlineExceededError, match="deadline passed before its batch ran"):
         expired.result(1)
     assert dropped == [2]
+
+
+class PerToken(Recording):
+    """Takes a millisecond per token of every batch, as a model's cost grows with its input."""
+
+    def infer(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(sum(len(ids) for ids in token_ids) / 1000)
+        return super().infer(token_ids)
+
+
+def test_a_request_that_would_wait_past_its_deadline_behind_queued_work_is_refused_at_once() -> None:
+    batcher = DynamicBatcher(max_batch_size=64, max_wait_ms=30_000, workers=1)
+    model = PerToken()
+    assert batcher.expected_wait_s() is None  # nothing measured yet: nothing refused on a guess
+    batcher.start()
+    try:
+        for future in batcher.submit_many(model, [tuple(range(10))] * 64):  # a full batch runs at once: 640 ms
+            future.result(10)
+        wait = batcher.expected_wait_s(1000)
+        assert wait is not None and 0.8 < wait < 3.0  # 1000 tokens at about a millisecond each
+        queued = batcher.submit_many(model, [tuple(range(100))] * 10)  # 1,000 tokens wait for their batch
+        with pytest.raises(QueueTooSlowError, match=r"about \d+\.\d s of work \(1000 tokens queued or running, and this request's 500\)"):
+            batcher.submit_many(model, [tuple(range(100))] * 5, deadline=time.monotonic() + 0.5)
+        assert batcher.depth == 10  # refused whole
+        accepted = batcher.submit_many(model, [tuple(range(100))] * 5, deadline=time.monotonic() + 60)
+        no_deadline = batcher.submit_many(model, [tuple(range(100))])
+    finally:
+        batcher.stop()
+    assert all(future.result(10).batch_size == 16 for future in queued + accepted + no_deadline)
+    # alone in the queue a request gets its chance, however long its own texts
+    alone = DynamicBatcher(max_batch_size=64, max_wait_ms=0, workers=1)
+    alone._observe_cost(1.0, 1)  # a second a token: any request's own work would outlast its deadline
+    alone.start()
+    try:
+        assert alone.submit(model, (1, 2), deadline=time.monotonic() + 5).result(10).batch_size == 1
+    finally:
+        alone.stop()
 
 
 def _row(i: int) -> PredictionRow:
@@ -190,6 +227,23 @@ def test_a_full_batching_queue_over_http_is_429(tmp_path: Path, serving_bundles:
         assert "2 of 4 texts queued, no room for 3 more" in refused.json()["error"]
         assert first.result().status_code == 200
         assert _shed(client, "queue_full") == 1
+
+
+def test_a_request_that_would_outwait_its_deadline_over_http_is_429(tmp_path: Path, serving_bundles: ServingBundles) -> None:
+    client, _ = _app(tmp_path, serving_bundles, 0.3, request_timeout_s=2.0, batch_workers=1, max_batch_size=1,
+                     max_wait_ms=0)
+    with client, ThreadPoolExecutor(1) as pool:
+        assert client.post("/predict", json={"text": "a"}).status_code == 200  # measures a token's cost
+        first = pool.submit(client.post, "/predict", json={"texts": ["a", "b", "c", "d"]})  # 1.2 s of calls
+        time.sleep(0.1)
+        started = time.perf_counter()
+        refused = client.post("/predict", json={"texts": ["e", "f", "g", "h", "i", "j", "k", "l"]})
+        assert time.perf_counter() - started < 0.25  # refused at once, not after waiting its deadline out
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert refused.json()["errors"][0]["rule"] == "queue_time"
+        assert "would outlast this request's deadline" in refused.json()["error"]
+        assert first.result().status_code == 200
+        assert _shed(client, "queue_time") == 1
 
 
 def test_long_requests_are_tokenised_off_the_event_loop(tmp_path: Path, serving_bundles: ServingBundles) -> None:

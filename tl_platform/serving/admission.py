@@ -1,7 +1,8 @@
 """Admission under overload: the concurrency limit of ``POST /predict`` and the refusals that shed load.
 
 Every limit answers at once rather than queueing without bound: a request past ``max_in_flight`` gets 429,
-one whose texts do not fit the batching queue 429, one the prediction log cannot take (its pending queue full)
+one whose texts do not fit the batching queue 429, one that would wait past its deadline behind the queued
+work 429, one the prediction log cannot take (its pending queue full)
 503, one past its deadline 503; each with ``Retry-After`` and counted in ``tlp_requests_shed{reason}``. Latency
 of the accepted requests then stays near the unloaded one, since each waits behind a bounded amount of work.
 """
@@ -13,8 +14,8 @@ from typing import Literal
 from tl_platform.serving.request_parsing import ApiError
 
 RETRY_AFTER_S = 1  # whole seconds (HTTP's Retry-After): a shed request is cheap to retry once the burst passes
-ShedReason = Literal["in_flight", "queue_full", "log_backlog", "deadline"]
-SHED_REASONS: tuple[ShedReason, ...] = ("in_flight", "queue_full", "log_backlog", "deadline")
+ShedReason = Literal["in_flight", "queue_full", "queue_time", "log_backlog", "deadline"]
+SHED_REASONS: tuple[ShedReason, ...] = ("in_flight", "queue_full", "queue_time", "log_backlog", "deadline")
 
 
 class InFlightLimit:
@@ -50,6 +51,9 @@ def shed_error(reason: ShedReason, detail: str = "") -> ApiError:
     if reason == "queue_full":
         return ApiError(429, "request", "max_queued_texts",
                         f"request: the batching queue is full ({detail}); retry after {RETRY_AFTER_S} s", headers=retry)
+    if reason == "queue_time":
+        return ApiError(429, "request", "queue_time",
+                        f"request: {detail}; retry after {RETRY_AFTER_S} s", headers=retry)
     if reason == "log_backlog":
         return ApiError(503, "prediction_log", "max_pending_log_rows",
                         f"prediction_log: too many rows wait for a commit; retry after {RETRY_AFTER_S} s", headers=retry)

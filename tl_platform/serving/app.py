@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tl_platform.serving.admission import InFlightLimit, ShedReason, shed_error
-from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, QueueFullError
+from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, QueueFullError, QueueTooSlowError
 from tl_platform.serving.body_limits import BodyLimitMiddleware, BodyLimits
 from tl_platform.serving.config import ServingConfig
 from tl_platform.serving.deployment_watcher import DeploymentWatcher, LiveDeployment
@@ -295,6 +295,8 @@ def create_app(config: ServingConfig, loader: ModelLoader = load_variant, table_
         texts = [text[: config.max_text_chars] for text in texts]
         try:
             result, job = await runtime.service.predict(texts, truncated, body.unit_id, body.attributes, when, deadline)
+        except QueueTooSlowError as err:
+            raise shed("queue_time", str(err).removeprefix("batching queue: ")) from err
         except QueueFullError as err:
             raise shed("queue_full", str(err).removeprefix("batching queue: ")) from err
         except DeadlineExceededError as err:

@@ -43,7 +43,7 @@ class ServingMetrics:
         )
         self.shed = Counter(
             "tlp_requests_shed",
-            "Predict requests refused under overload, by reason (in_flight, queue_full: 429; log_backlog, deadline: 503)",
+            "Predict requests refused under overload, by reason (in_flight, queue_full, queue_time: 429; log_backlog, deadline: 503)",
             ["reason"], registry=r,
         )
         for reason in SHED_REASONS:  # every reason exported from the start, so a rate() sees the first one
