@@ -15,11 +15,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.serving_fixtures import ServingBundles, serving_bundles, write_record
+from tl_platform.data import load_labelled_text
+from tl_platform.data.bundled import bundled_source
 from tl_platform.serving.app import create_app
 from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, QueueFullError, QueueTooSlowError
 from tl_platform.serving.config import ServingConfig
 from tl_platform.serving.deployment import VariantSpec
-from tl_platform.serving.model import CHARS_PER_TOKEN_BOUND, ServingModel, TokenizedText, load_variant, word_prefix
+from tl_platform.serving.model import (
+    CHARS_PER_TOKEN_BOUND,
+    ServingModel,
+    TokenizedText,
+    fewest_tokens,
+    load_variant,
+    word_prefix,
+)
 from tl_platform.serving.prediction_log import LogBacklogError, PredictionLog, PredictionRow
 from tl_platform.serving.server import add_serve_arguments, config_from_args
 
@@ -230,20 +239,31 @@ def test_a_full_batching_queue_over_http_is_429(tmp_path: Path, serving_bundles:
 
 
 def test_a_request_that_would_outwait_its_deadline_over_http_is_429(tmp_path: Path, serving_bundles: ServingBundles) -> None:
-    client, _ = _app(tmp_path, serving_bundles, 0.3, request_timeout_s=2.0, batch_workers=1, max_batch_size=1,
-                     max_wait_ms=0)
+    client, loaded = _app(tmp_path, serving_bundles, 0.3, request_timeout_s=2.0, batch_workers=1, max_batch_size=1,
+                          max_wait_ms=0)
     with client, ThreadPoolExecutor(1) as pool:
         assert client.post("/predict", json={"text": "a"}).status_code == 200  # measures a token's cost
         first = pool.submit(client.post, "/predict", json={"texts": ["a", "b", "c", "d"]})  # 1.2 s of calls
         time.sleep(0.1)
+        tokenised = len(loaded[0].tokenize_threads)
         started = time.perf_counter()
         refused = client.post("/predict", json={"texts": ["e", "f", "g", "h", "i", "j", "k", "l"]})
         assert time.perf_counter() - started < 0.25  # refused at once, not after waiting its deadline out
+        assert len(loaded[0].tokenize_threads) == tokenised  # on a lower bound of its tokens, before tokenising
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         assert refused.json()["errors"][0]["rule"] == "queue_time"
         assert "would outlast this request's deadline" in refused.json()["error"]
         assert first.result().status_code == 200
         assert _shed(client, "queue_time") == 1
+
+
+def test_the_token_count_checked_before_tokenising_never_exceeds_the_real_one(serving_bundles: ServingBundles) -> None:
+    model = load_variant(VariantSpec("1", serving_bundles.exported, "fp32"))  # type: ignore[arg-type]
+    bundled = load_labelled_text(bundled_source("amazon")).texts[:300]
+    texts = [*bundled, "x" * 10_000, "word " * 2_000, "naïve café ☕ " * 500, "a", "!!! ... ???", "日本語のテキスト" * 50]
+    real = [len(token.input_ids) for token in model.tokenize(texts)]
+    assert all(fewest_tokens([text], model.max_length) <= count for text, count in zip(texts, real, strict=True))
+    assert fewest_tokens(texts, model.max_length) <= sum(real)
 
 
 def test_long_requests_are_tokenised_off_the_event_loop(tmp_path: Path, serving_bundles: ServingBundles) -> None:

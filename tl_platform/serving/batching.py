@@ -140,6 +140,23 @@ class DynamicBatcher:
         with self._condition:
             return self._expected_wait_locked(extra_tokens)
 
+    def refuse_if_too_slow(self, tokens: int, deadline: float | None) -> None:
+        """QueueTooSlowError if ``tokens`` more would wait past ``deadline`` behind the queued and running work.
+
+        Callers check a lower bound of a request's tokens before tokenising it, so a request refused anyway costs no
+        tokenising; ``submit_many`` checks the real count. Never refuses while nothing is queued or running."""
+        with self._condition:
+            self._refuse_if_too_slow_locked(tokens, deadline)
+
+    def _refuse_if_too_slow_locked(self, tokens: int, deadline: float | None) -> None:
+        ahead = self._queued_tokens + self._running_tokens
+        wait = self._expected_wait_locked(tokens)
+        if deadline is not None and ahead and wait is not None and time.monotonic() + wait > deadline:
+            raise QueueTooSlowError(
+                f"batching queue: about {wait:.1f} s of work ({ahead} tokens queued or running, and this "
+                f"request's {tokens}) would outlast this request's deadline"
+            )
+
     def _expected_wait_locked(self, extra_tokens: int) -> float | None:
         if self._seconds_per_token is None:
             return None
@@ -187,12 +204,7 @@ class DynamicBatcher:
                 raise QueueFullError(
                     f"batching queue: {self._depth} of {self.max_queued_texts} texts queued, no room for {len(items)} more"
                 )
-            wait = self._expected_wait_locked(tokens)
-            if deadline is not None and self._depth and wait is not None and time.monotonic() + wait > deadline:
-                raise QueueTooSlowError(
-                    f"batching queue: about {wait:.1f} s of work ({self._queued_tokens + self._running_tokens} tokens "
-                    f"queued or running, and this request's {tokens}) would outlast this request's deadline"
-                )
+            self._refuse_if_too_slow_locked(tokens, deadline)
             for item in items:
                 key = (id(model), self.bucket_of(len(item.token_ids)))
                 self._queues.setdefault(key, deque()).append(item)

@@ -83,6 +83,14 @@ def tokenize_texts(
 
 
 CHARS_PER_TOKEN_BOUND = 16  # natural text averages 4 to 6 characters a token; 16 leaves a wide margin
+
+
+def fewest_tokens(texts: Sequence[str], max_length: int) -> int:
+    """A lower bound of the tokens ``texts`` take once tokenised, without tokenising them: the two special tokens
+    plus one per whitespace-separated word (WordPiece, BPE and SentencePiece give every word at least one; a
+    character count would not bound them, since WordPiece makes one unknown token of a word over 100 characters),
+    at most ``max_length`` a text."""
+    return sum(min(max_length, len(text.split()) + 2) for text in texts)
 _WORD_BREAKS = (" ", "\n", "\t", "\r")
 
 

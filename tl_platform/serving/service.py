@@ -22,7 +22,7 @@ import numpy as np
 from tl_platform.serving.batching import DeadlineExceededError, DynamicBatcher, ItemOutput
 from tl_platform.serving.deployment_watcher import DeploymentWatcher
 from tl_platform.serving.metrics import ServingMetrics
-from tl_platform.serving.model import ServingModel, TokenizedText, softmax
+from tl_platform.serving.model import ServingModel, TokenizedText, fewest_tokens, softmax
 from tl_platform.serving.prediction_log import SERVED, SHADOW, PredictionLog, PredictionRow
 from tl_platform.serving.routing import RoutingContext, Variant, assign_variant
 from tl_platform.serving.shadow import ShadowJob, ShadowScorer
@@ -168,6 +168,7 @@ class PredictionService:
 
     async def _infer(self, model: ServingModel, texts: Sequence[str], deadline: float | None) -> tuple[
             list[TokenizedText], list[ItemOutput]]:
+        self.batcher.refuse_if_too_slow(fewest_tokens(texts, model.max_length), deadline)  # before tokenising
         tokens = await self._tokenize(model, texts)
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError("the request's deadline passed while its texts were tokenised")
