@@ -24,7 +24,7 @@ from resources import (
 from resources.alerts import RecordingAlertRoute
 from resources.catalogue import locate
 from sensors.retrain_trigger import TRIGGER_SENSOR_NAME, evaluate_trigger, latest_metadata
-from sensors.simulated_ticks import RequestedRun, SimulatedTicks, workspace_location_name
+from sensors.simulated_ticks import RequestedRun, SimulatedTicks
 from tl_platform.economics.report import PROPOSAL_CATALOGUE_SPECS, Proposal, load_proposal
 from tl_platform.local_state import tlp_home
 from tl_platform.monitoring.trigger import TriggerState
@@ -196,7 +196,7 @@ class Story:
             timedelta(hours=policy.lateness_hours, minutes=1)
         context = dg.build_sensor_context(instance=self.instance, cursor=self.state.sensor_cursor)
         alerts = RecordingAlertRoute(webhook_url=self.webhook_url)
-        ticks = SimulatedTicks(self.instance, workspace_location_name(), TRIGGER_SENSOR_NAME)
+        ticks = SimulatedTicks(self.instance, TRIGGER_SENSOR_NAME)
         tick = ticks.evaluate(now, context, lambda: evaluate_trigger(context, policy, alerts, now))
         self.state.sensor_cursor = tick.cursor
         return alerts.sent, tick.runs

@@ -2,7 +2,8 @@
 
 The main command's story evaluates the retrain trigger once per simulated day: the daemon's sensor code, at the
 moment the daemon would first judge that day's window. Each evaluation is stored as a tick of the sensor under
-the selector the Dagster UI looks ticks up by (code location, repository, sensor name), at its simulated time,
+the selector the Dagster UI looks ticks up by (code location, repository, sensor name; the code location is
+named CODE_LOCATION_NAME in every workspace of the project, `tlp ui`'s included), at its simulated time,
 so `tlp ui` shows the story's ticks in the sensor's history: skipped with the trigger's reasons, or successful
 with the retrain run they requested. A requested run gets its run id before it starts and carries the sensor's
 name and run key as tags, which is how the daemon finds the runs a sensor already requested: a daemon started
@@ -17,10 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import dagster as dg
-import yaml
 from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
 from dagster._core.definitions.selector import InstigatorSelector
 from dagster._core.scheduler.instigation import InstigatorTick, InstigatorType, TickData, TickStatus
@@ -28,16 +27,9 @@ from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.utils import make_new_run_id
 from dagster._utils.error import serializable_error_info_from_exc_info
 
+from tl_platform.orchestration import CODE_LOCATION_NAME
+
 SensorOutcome = dg.SensorResult | dg.SkipReason
-WORKSPACE = Path(__file__).resolve().parents[1] / "workspace.yaml"
-
-
-def workspace_location_name(workspace: Path = WORKSPACE) -> str:
-    """The code location's name in workspace.yaml: `tlp ui` shows this project's sensors under it."""
-    entries = yaml.safe_load(workspace.read_text())["load_from"]
-    return str(entries[0]["python_module"]["location_name"])
-
-
 @dataclass(frozen=True)
 class RequestedRun:
     """A run a recorded tick requested: its reserved id and the tags that tie it to the sensor and its key."""
@@ -57,11 +49,11 @@ class EvaluatedTick:
 
 @dataclass(frozen=True)
 class SimulatedTicks:
-    """One sensor's ticks in ``instance``, for the code location named ``location_name`` (see workspace.yaml)."""
+    """One sensor's ticks in ``instance``, under the project's code location (CODE_LOCATION_NAME)."""
 
     instance: dg.DagsterInstance
-    location_name: str
     sensor_name: str
+    location_name: str = CODE_LOCATION_NAME
 
     @property
     def selector_id(self) -> str:

@@ -20,6 +20,7 @@ from tl_platform.orchestration import (
     ensure_instance_storage,
     executable,
     load_config_file,
+    local_workspace,
 )
 from tl_platform.proposal_commands import cmd_plan, cmd_report
 from tl_platform.registry_commands import cmd_models, cmd_promote
@@ -65,8 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    command = [executable("dagster"), "dev", "-m", "definitions", "--port", str(args.port)]
-    return subprocess.run(command, env=dagster_environment(), check=False).returncode
+    env = dagster_environment()
+    command = [executable("dagster"), "dev", "-w", str(local_workspace(env, Path.cwd())), "--port", str(args.port)]
+    return subprocess.run(command, env=env, check=False).returncode
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:

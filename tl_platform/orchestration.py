@@ -26,6 +26,22 @@ concurrency:
 """
 
 
+# The code location's name everywhere: workspace.yaml, deploy/workspace.yaml, pyproject's [tool.dagster], and the
+# workspace `tlp ui` writes. Sensor ticks are stored under it, so the story's ticks show wherever it matches.
+CODE_LOCATION_NAME = "tl_platform"
+
+
+def local_workspace(env: dict[str, str], working_directory: Path) -> Path:
+    """The workspace file `tlp ui` serves: the ``definitions`` module as the code location CODE_LOCATION_NAME
+    (``dagster dev -m definitions`` would name it after the module), written beside the instance."""
+    path = Path(env["DAGSTER_HOME"]) / "workspace.yaml"
+    workspace = {"load_from": [{"python_module": {
+        "module_name": "definitions", "location_name": CODE_LOCATION_NAME, "working_directory": str(working_directory),
+    }}]}
+    path.write_text(json.dumps(workspace, indent=2) + "\n")  # JSON is YAML
+    return path
+
+
 def dagster_environment() -> dict[str, str]:
     home = tlp_home()
     dagster_home = home / "dagster_home"

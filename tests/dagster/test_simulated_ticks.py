@@ -1,23 +1,27 @@
 """Ticks the story records for the retrain trigger are the sensor's ticks as the Dagster UI and the daemon see them.
 
-The UI's view is taken through Dagster's GraphQL on the project's own workspace.yaml (the code location `tlp ui`
-loads), and the daemon's through its own lookup of the runs a sensor already requested.
+The UI's view is taken through Dagster's GraphQL on the workspace file `tlp ui` serves, and the daemon's through
+its own lookup of the runs a sensor already requested. Every workspace of the project names the code location
+alike, or the ticks would be stored under a location the UI does not show.
 """
 
 from __future__ import annotations
 
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.definitions.selector import SensorSelector
 from dagster._daemon.sensor import fetch_existing_runs
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
 from sensors.retrain_trigger import TRIGGER_SENSOR_NAME
-from sensors.simulated_ticks import SimulatedTicks, workspace_location_name
+from sensors.simulated_ticks import SimulatedTicks
+from tl_platform.orchestration import CODE_LOCATION_NAME, local_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 TICKS = """
@@ -42,9 +46,19 @@ def _stand_in_for_the_retrain() -> None:
     _noop()
 
 
-def test_skipped_successful_and_failed_ticks_show_in_the_sensor_history_with_the_run_the_daemon_would_find() -> None:
+def test_every_workspace_of_the_project_names_the_code_location_alike(tmp_path: Path) -> None:
+    served = local_workspace({"DAGSTER_HOME": str(tmp_path)}, ROOT)
+    names = [entry[kind]["location_name"] for path in (ROOT / "workspace.yaml", ROOT / "deploy" / "workspace.yaml", served)
+             for entry in yaml.safe_load(path.read_text())["load_from"] for kind in entry]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]["code_location_name"]
+    assert names == [CODE_LOCATION_NAME] * 3 and pyproject == CODE_LOCATION_NAME
+
+
+def test_skipped_successful_and_failed_ticks_show_in_the_sensor_history_with_the_run_the_daemon_would_find(
+    tmp_path: Path,
+) -> None:
     with dg.instance_for_test() as instance:
-        ticks = SimulatedTicks(instance, workspace_location_name(), TRIGGER_SENSOR_NAME)
+        ticks = SimulatedTicks(instance, TRIGGER_SENSOR_NAME)
         first = datetime(2026, 3, 10, 0, 1, tzinfo=UTC)
         context = dg.build_sensor_context(instance=instance, cursor=None)
 
@@ -71,13 +85,14 @@ def test_skipped_successful_and_failed_ticks_show_in_the_sensor_history_with_the
         with pytest.raises(RuntimeError, match="monitor store down"):
             ticks.evaluate(first + timedelta(days=2), context, down)
 
-        with define_out_of_process_context(str(ROOT / "workspace.yaml"), None, instance) as ui:
-            selector = {"repositoryLocationName": "tl_platform", "repositoryName": "__repository__",
+        workspace = local_workspace({"DAGSTER_HOME": str(tmp_path)}, ROOT)  # what `tlp ui` serves
+        with define_out_of_process_context(str(workspace), None, instance) as ui:
+            selector = {"repositoryLocationName": CODE_LOCATION_NAME, "repositoryName": "__repository__",
                         "sensorName": TRIGGER_SENSOR_NAME}
             result = execute_dagster_graphql(ui, TICKS, {"selector": selector})
             assert result.errors is None, result.errors
             shown: list[dict[str, Any]] = result.data["sensorOrError"]["sensorState"]["ticks"]
-            sensor = ui.get_sensor(SensorSelector(location_name="tl_platform", repository_name="__repository__",
+            sensor = ui.get_sensor(SensorSelector(location_name=CODE_LOCATION_NAME, repository_name="__repository__",
                                                   sensor_name=TRIGGER_SENSOR_NAME))
             assert sensor is not None
             existing = fetch_existing_runs(instance, sensor, [request])

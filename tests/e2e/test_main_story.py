@@ -24,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pytest
 import sqlalchemy as sa
 from dagster._core.scheduler.instigation import TickStatus
 
 from sensors.retrain_trigger import TRIGGER_SENSOR_NAME
-from sensors.simulated_ticks import SimulatedTicks, workspace_location_name
-from tests.browser import ink_share, screenshot
+from sensors.simulated_ticks import SimulatedTicks
+from tests.browser import artefact_path, ink_share, page_text_has, screenshot, webdriver
+from tests.server_process import free_port
 from tl_platform.serving.log_schema import log_tables
 
 pytestmark = pytest.mark.integration
@@ -100,7 +102,7 @@ def test_the_story_alerts_on_the_benign_shift_retrains_on_the_harmful_one_ships_
     assert len(retrains) == 1
     # every day's evaluation of the trigger is a tick of the sensor (what `tlp ui` shows in its history); the
     # one that requested the retrain names its run
-    ticks = SimulatedTicks(instance, workspace_location_name(), TRIGGER_SENSOR_NAME).ticks()
+    ticks = SimulatedTicks(instance, TRIGGER_SENSOR_NAME).ticks()
     assert len(ticks) == len(days), [tick.status for tick in ticks]
     assert [tick.run_ids for tick in ticks if tick.status == TickStatus.SUCCESS] == [[retrains[0].dagster_run.run_id]]
 
@@ -113,8 +115,36 @@ def test_the_story_alerts_on_the_benign_shift_retrains_on_the_harmful_one_ships_
     engine.dispose()
     assert served == sum(d["requests"] for d in days)
 
+    _the_sensor_page_of_tlp_ui_lists_the_ticks(home, retrains[0].dagster_run.run_id)
+
     report = home / "story" / "report.html"
     assert report.read_text().count("data:image/png;base64,") >= 6  # traffic, drift, canary, A/B, cost, ROI
     assert "ship" in report.read_text()
     shot = screenshot(report.as_uri(), "story-report-e2e.png")
     assert ink_share(shot) > 0.05
+
+
+def _the_sensor_page_of_tlp_ui_lists_the_ticks(home: Path, retrain_run_id: str) -> None:
+    """`tlp ui` on the story's home, in Chromium: the trigger's page lists the story's ticks and its retrain run."""
+    port = free_port()
+    env = {**os.environ, "TLP_HOME": str(home)}
+    ui = subprocess.Popen([str(Path(sys.executable).parent / "tlp"), "ui", "--port", str(port)], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    session = None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        session = webdriver()
+        session.get(f"http://127.0.0.1:{port}/locations/tl_platform/sensors/{TRIGGER_SENSOR_NAME}")
+        page_text_has(session, ["Latest tick", "1 run requested", retrain_run_id[:8], "0 runs requested"])
+        session.save_screenshot(str(artefact_path("story-sensor-ticks.png")))
+    finally:
+        if session is not None:
+            session.quit()
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(30)
