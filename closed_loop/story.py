@@ -44,6 +44,8 @@ from tl_platform.story.state import StoryState, StoryStore
 
 
 class Story:
+    """One story on the local instance: each step runs once, records what it found in the state, and saves it."""
+
     def __init__(self, config: StoryConfig, state: StoryState, store: StoryStore, progress: Progress,
                  log_path: Path, ops_overrides: dict[str, Any], owner: str) -> None:
         self.config, self.state, self.store, self.progress = config, state, store, progress
@@ -197,7 +199,9 @@ class Story:
         context = dg.build_sensor_context(instance=self.instance, cursor=self.state.sensor_cursor)
         alerts = RecordingAlertRoute(webhook_url=self.webhook_url)
         ticks = SimulatedTicks(self.instance, TRIGGER_SENSOR_NAME)
-        tick = ticks.evaluate(now, context, lambda: evaluate_trigger(context, policy, alerts, now))
+        done = self.state.retrain
+        runs_done = {str(done["run_key"]): str(done["run_id"])} if done and done.get("run_key") else None
+        tick = ticks.evaluate(now, context, lambda: evaluate_trigger(context, policy, alerts, now), runs_done)
         self.state.sensor_cursor = tick.cursor
         return alerts.sent, tick.runs
 
@@ -212,7 +216,8 @@ class Story:
             run_id = self.run_job("retrain_job", ops, partition_key=window, tags=run.tags, run_id=run.run_id)
         forgetting = (latest_metadata(self.instance, "retrained_model", window) or {}).get("forgetting") or {}
         candidate = str((latest_metadata(self.instance, "candidate_model", window) or {}).get("registered_version"))
-        self.state.retrain = {"window": window, "run_id": run_id, "candidate_version": candidate,
+        self.state.retrain = {"window": window, "run_id": run_id, "run_key": str(run.request.run_key),
+                              "candidate_version": candidate,
                               "forgetting": forgetting, "reasons": run.request.tags.get("tlp/trigger_reasons", "")}
         self.save()
         self.progress.line(f"  candidate v{candidate}: {points_text(forgetting.get('fresh_gain_points'))} on the window's "

@@ -15,7 +15,7 @@ them (dagster is pinned to an exact version in pyproject.toml).
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,9 +60,12 @@ class SimulatedTicks:
         return InstigatorSelector(location_name=self.location_name, repository_name=SINGLETON_REPOSITORY_NAME,
                                   name=self.sensor_name).get_id()
 
-    def evaluate(self, at: datetime, context: dg.SensorEvaluationContext,
-                 evaluation: Callable[[], SensorOutcome]) -> EvaluatedTick:
-        """Run ``evaluation`` as a tick at ``at``; a failing one is recorded FAILURE with its error and raised."""
+    def evaluate(self, at: datetime, context: dg.SensorEvaluationContext, evaluation: Callable[[], SensorOutcome],
+                 runs_done: Mapping[str, str] | None = None) -> EvaluatedTick:
+        """Run ``evaluation`` as a tick at ``at``; a failing one is recorded FAILURE with its error and raised.
+
+        ``runs_done`` maps run keys to the runs that already carried them out (an evaluation repeated after an
+        interruption): the tick names those runs instead of reserving new ids that would never run."""
         started = at.timestamp()
         tick = self.instance.create_tick(TickData(
             # The origin id names the code server process that served the sensor, which only a daemon has; the
@@ -82,7 +85,9 @@ class SimulatedTicks:
             cursor = context.cursor
             self._finish(tick, started, clock, TickStatus.SKIPPED, skip_reason=outcome.skip_message, cursor=cursor)
             return EvaluatedTick(tick.tick_id, outcome, cursor, [])
-        runs = [RequestedRun(make_new_run_id(), request, self.run_tags(request)) for request in outcome.run_requests or []]
+        done = runs_done or {}
+        runs = [RequestedRun(done.get(str(request.run_key)) or make_new_run_id(), request, self.run_tags(request))
+                for request in outcome.run_requests or []]
         self._finish(tick, started, clock, TickStatus.SUCCESS if runs else TickStatus.SKIPPED, cursor=outcome.cursor,
                      run_ids=[run.run_id for run in runs], run_keys=[str(run.request.run_key) for run in runs],
                      run_requests=list(outcome.run_requests or []))

@@ -105,3 +105,18 @@ def test_skipped_successful_and_failed_ticks_show_in_the_sensor_history_with_the
     assert shown[2]["skipReason"] == "window 2026-03-08: alert: drift without a canary breach"
     # a daemon started later on this instance finds the story's retrain under its run key and requests none
     assert {key: found.run_id for key, found in existing.items()} == {"retrain-2026-03-09": run.run_id}
+
+
+def test_an_evaluation_repeated_after_an_interruption_names_the_run_that_already_retrained() -> None:
+    with dg.instance_for_test() as instance:
+        ticks = SimulatedTicks(instance, TRIGGER_SENSOR_NAME)
+        at = datetime(2026, 3, 11, 0, 1, tzinfo=UTC)
+        request = dg.RunRequest(run_key="retrain-2026-03-09", partition_key="2026-03-09")
+        context = dg.build_sensor_context(instance=instance, cursor=None)
+        first = ticks.evaluate(at, context, lambda: dg.SensorResult(run_requests=[request], cursor="c"))
+        again = ticks.evaluate(at, context, lambda: dg.SensorResult(run_requests=[request], cursor="c"),
+                               runs_done={"retrain-2026-03-09": first.runs[0].run_id})
+        other = ticks.evaluate(at, context, lambda: dg.SensorResult(run_requests=[request], cursor="c"))
+        assert again.runs[0].run_id == first.runs[0].run_id != other.runs[0].run_id
+        recorded = sorted(run_id for tick in ticks.ticks() for run_id in tick.run_ids)  # same time: any order
+        assert recorded == sorted([first.runs[0].run_id, first.runs[0].run_id, other.runs[0].run_id])
