@@ -3,9 +3,10 @@
 MiniLM is fine-tuned on amazon reviews and served over HTTP; a day of amazon traffic, a day of yelp reviews two sentences long (benign:
 drift, the canary holds, an alert), then five days of imdb reviews in slang (harmful: drift and a breach, a
 retrain, its candidate shadowed for a day and then A/B tested against the champion from the next day, 1,500
-requests a day from 600 users, and shipped). The command is killed (SIGKILL, the whole process group)
-while it replays the second day and run again: it must resume there, without counting that day twice or
-retraining twice, and end with the report.
+requests a day from 600 users, and shipped). The command is first stopped with Ctrl-C (SIGINT) inside the plan's
+Dagster run, then run again and killed (SIGKILL, the whole process group) while it replays the second day, and
+run again: it must resume there, without counting that day twice or retraining twice, and end with the report;
+afterwards `tlp ui` lists the trigger's ticks.
 
 Measured for the story this configuration shortens (closed_loop/, bench/retrain_recovery.py): the amazon
 model scores about 0.70 on held-out slang reviews and the retrain recovers part of it (+4 to +14 points on
@@ -58,11 +59,26 @@ def _state(home: Path) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(3600)  # two MiniLM trainings and six days; about 12 minutes on 2 quiet cores
-def test_the_story_alerts_on_the_benign_shift_retrains_on_the_harmful_one_ships_and_resumes_after_a_kill(
+def test_the_story_alerts_on_the_benign_shift_retrains_on_the_harmful_one_ships_and_resumes_after_ctrl_c_and_a_kill(
     tmp_path: Path,
 ) -> None:
     home, config = tmp_path / "home", tmp_path / "ops.json"
     config.write_text(json.dumps(OPS))
+    # Ctrl-C inside the plan's Dagster run: a clean stop that says where to resume, no run left running
+    stopped = _tlp(home, config)
+    assert stopped.stdout is not None
+    seen = [stopped.stdout.readline()]
+    while seen[-1] and not seen[-1].startswith("▸ transfer plan") and len(seen) < 100:
+        seen.append(stopped.stdout.readline())  # the opening line (and any import-time warning) come first
+    assert seen[-1].startswith("▸ transfer plan"), seen
+    time.sleep(3)
+    os.killpg(stopped.pid, signal.SIGINT)
+    told, _ = stopped.communicate(timeout=300)
+    assert stopped.returncode == 130, told
+    assert "stopped in the transfer plan: everything before it is kept. Run the same command again" in told, told
+    stopped_runs = dg.DagsterInstance.from_config(str(home / "dagster_home")).get_run_records()
+    assert stopped_runs and all(r.dagster_run.status != dg.DagsterRunStatus.STARTED for r in stopped_runs)
+
     first = _tlp(home, config)
     deadline = time.monotonic() + 2400
     while time.monotonic() < deadline and first.poll() is None:
