@@ -30,6 +30,8 @@ from dagster._utils.error import serializable_error_info_from_exc_info
 from tl_platform.orchestration import CODE_LOCATION_NAME
 
 SensorOutcome = dg.SensorResult | dg.SkipReason
+
+
 @dataclass(frozen=True)
 class RequestedRun:
     """A run a recorded tick requested: its reserved id and the tags that tie it to the sensor and its key."""
@@ -41,6 +43,8 @@ class RequestedRun:
 
 @dataclass(frozen=True)
 class EvaluatedTick:
+    """One recorded evaluation: what the sensor returned, the cursor it left, and the runs it requested."""
+
     tick_id: int
     outcome: SensorOutcome
     cursor: str | None
